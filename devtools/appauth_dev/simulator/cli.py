@@ -63,12 +63,10 @@ def build_config(args: argparse.Namespace) -> SimulatorConfig:
         raise ConfigError(
             "cert mode needs both --alipay-cert and --app-cert", parameter="alipay cert"
         )
-    alipay_private = _read(args.alipay_private_key)
-    assert alipay_private is not None  # noqa: S101 - argparse makes it required
     return SimulatorConfig.from_material(
         args.app_id,
         _read(args.app_public_key),
-        alipay_private,
+        args.alipay_private_key.read_text(encoding="utf-8"),
         alipay_cert=_read(args.alipay_cert),
         app_cert=_read(args.app_cert),
         alipay_root_cert=_read(args.alipay_root_cert),
