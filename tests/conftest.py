@@ -8,7 +8,6 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-
 from appauth.credentials import AppCredentials
 
 VECTORS_DIR = Path(__file__).parent / "vectors"
@@ -34,7 +33,9 @@ def app_credentials(vectors: dict[str, Any]) -> AppCredentials:
     """Key mode (公钥模式) credentials of the vectors' ISV app."""
     keys = vectors["keys"]
     return AppCredentials.from_keys(
-        vectors["app_id"], read_vector_file(keys["app_private"]), read_vector_file(keys["alipay_public"])
+        vectors["app_id"],
+        read_vector_file(keys["app_private"]),
+        read_vector_file(keys["alipay_public"]),
     )
 
 

@@ -20,7 +20,9 @@ def load_encrypt_key(material: str | bytes, *, name: str = "encrypt key") -> byt
     try:
         key = base64.b64decode("".join(text.split()), validate=True)
     except (binascii.Error, ValueError):
-        raise ConfigError("is not base64; copy the AES key from the Alipay console", parameter=name) from None
+        raise ConfigError(
+            "is not base64; copy the AES key from the Alipay console", parameter=name
+        ) from None
     if len(key) not in _KEY_SIZES:
         raise ConfigError(f"decodes to {len(key)} bytes; an AES key is 16 bytes", parameter=name)
     return key
@@ -42,4 +44,6 @@ def aes_decrypt(ciphertext: str, key: bytes) -> str:
         unpadder = padding.PKCS7(128).unpadder()
         return (unpadder.update(padded) + unpadder.finalize()).decode("utf-8")
     except (binascii.Error, ValueError, UnicodeDecodeError):
-        raise SignatureError("encrypted content does not decrypt with the configured AES key") from None
+        raise SignatureError(
+            "encrypted content does not decrypt with the configured AES key"
+        ) from None

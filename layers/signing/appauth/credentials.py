@@ -37,12 +37,16 @@ class AppCredentials:
     sign_type: str = "RSA2"
 
     def __post_init__(self) -> None:
-        if not self.app_id or not self.app_id.isdigit():
-            raise ConfigError("must be the numeric Alipay app id, e.g. 2021000100000001", parameter="app_id")
+        if not (self.app_id.isascii() and self.app_id.isdigit()):
+            raise ConfigError(
+                "must be the numeric Alipay app id, e.g. 2021000100000001", parameter="app_id"
+            )
         if self.sign_type not in SIGN_TYPES:
             raise ConfigError(f"must be one of {', '.join(SIGN_TYPES)}", parameter="sign_type")
         if not self.alipay_public_keys:
-            raise ConfigError("no Alipay public key or certificate configured", parameter="alipay public key")
+            raise ConfigError(
+                "no Alipay public key or certificate configured", parameter="alipay public key"
+            )
 
     @property
     def cert_mode(self) -> bool:
@@ -81,7 +85,9 @@ class AppCredentials:
         return cls(
             app_id=app_id,
             private_key=load_private_key(app_private_key),
-            alipay_public_keys={certificate_sn(alipay): load_public_key(alipay_cert, name="alipay cert")},
+            alipay_public_keys={
+                certificate_sn(alipay): load_public_key(alipay_cert, name="alipay cert")
+            },
             app_cert_sn=certificate_sn(load_certificate(app_cert, name="app cert")),
             alipay_root_cert_sn=root_certificate_sn(alipay_root_cert),
             encrypt_key=load_encrypt_key(encrypt_key) if encrypt_key else None,
@@ -94,7 +100,9 @@ class AppCredentials:
         if not cert_sn:
             if len(self.alipay_public_keys) == 1:
                 return next(iter(self.alipay_public_keys.values()))
-            raise SignatureError("the response names no alipay_cert_sn and several certificates are configured")
+            raise SignatureError(
+                "the response names no alipay_cert_sn and several certificates are configured"
+            )
         try:
             return self.alipay_public_keys[cert_sn]
         except KeyError:
@@ -102,4 +110,3 @@ class AppCredentials:
                 f"the response is signed with Alipay certificate {cert_sn}, which is not configured; "
                 "download the new Alipay public-key certificate from the console and add it"
             ) from None
-

@@ -81,9 +81,13 @@ class AlipayError(AppAuthError):
             return True
         if self.http_status is not None and (self.http_status >= 500 or self.http_status == 429):
             return True
-        sub = (self.sub_code or "").lower()
+        sub = (self.sub_code or "").lower().replace("_", "-")
         return any(marker in sub for marker in TRANSIENT_SUB_CODE_MARKERS)
 
     @property
     def permanent(self) -> bool:
         return not self.transient
+
+
+class UnexpectedResponseError(AppAuthError):
+    """A verified Alipay response lacks what the API promises (e.g. a token pair)."""

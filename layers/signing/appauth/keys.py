@@ -17,9 +17,7 @@ from cryptography.hazmat.primitives.asymmetric import rsa
 
 from appauth.errors import ConfigError
 
-_PEM_BLOCK = re.compile(
-    rb"-----BEGIN ([A-Z0-9 ]+)-----\s*(.+?)\s*-----END \1-----", re.DOTALL
-)
+_PEM_BLOCK = re.compile(rb"-----BEGIN ([A-Z0-9 ]+)-----\s*(.+?)\s*-----END \1-----", re.DOTALL)
 _RSA_SIGNATURE_OID_PREFIX = "1.2.840.113549.1.1"
 MIN_RSA_BITS = 2048
 
@@ -83,6 +81,7 @@ def load_public_key(material: str | bytes, *, name: str = "alipay public key") -
     data = _as_bytes(material).strip()
     if not data:
         raise ConfigError("is empty", parameter=name)
+    key: object
     try:
         if data.startswith(b"-----BEGIN CERTIFICATE"):
             key = x509.load_pem_x509_certificate(data).public_key()
@@ -161,7 +160,9 @@ def load_certificates(
                 continue
             certs.append(x509.load_der_x509_certificate(der))
         except (ValueError, IndexError, binascii.Error):
-            raise ConfigError(f"certificate #{index} in the bundle is malformed", parameter=name) from None
+            raise ConfigError(
+                f"certificate #{index} in the bundle is malformed", parameter=name
+            ) from None
     if not certs:
         raise ConfigError("holds no usable PEM certificate", parameter=name)
     return certs
@@ -185,4 +186,6 @@ def certificate_sn(cert: x509.Certificate) -> str:
 
 def root_certificate_sn(material: str | bytes, *, name: str = "alipay root cert") -> str:
     """SN of the Alipay root bundle: SNs of its RSA-signed certificates joined with ``_``."""
-    return "_".join(certificate_sn(cert) for cert in load_certificates(material, name=name, rsa_only=True))
+    return "_".join(
+        certificate_sn(cert) for cert in load_certificates(material, name=name, rsa_only=True)
+    )

@@ -32,6 +32,11 @@ FORM_CONTENT_TYPE = "application/x-www-form-urlencoded;charset=utf-8"
 _HASHES: dict[str, type[hashes.HashAlgorithm]] = {"RSA2": hashes.SHA256, "RSA": hashes.SHA1}
 _DECODER = json.JSONDecoder()
 _WHITESPACE = " \t\n\r"
+# Set by build_request itself; extra_params may not override them.
+RESERVED_PARAMS = frozenset(
+    {"app_id", "method", "format", "charset", "sign_type", "timestamp", "version", "app_auth_token"}
+    | {"app_cert_sn", "alipay_root_cert_sn", "encrypt_type", "biz_content", "sign"}
+)
 
 
 # --- signing primitives -------------------------------------------------------------------
@@ -117,8 +122,15 @@ def build_request(
         params["app_cert_sn"] = credentials.app_cert_sn or ""
         params["alipay_root_cert_sn"] = credentials.alipay_root_cert_sn or ""
     if extra_params:
+        clashes = sorted(RESERVED_PARAMS & set(extra_params))
+        if clashes:
+            raise ValueError(f"extra_params may not override {', '.join(clashes)}")
         params.update({k: v for k, v in extra_params.items() if v})
-    content = biz_content if isinstance(biz_content, str) or biz_content is None else dumps_compact(biz_content)
+    content = (
+        biz_content
+        if isinstance(biz_content, str) or biz_content is None
+        else dumps_compact(biz_content)
+    )
     if content is not None and encrypt:
         if credentials.encrypt_key is None:
             raise ValueError("encrypt=True needs an encrypt key in the credentials")
@@ -129,7 +141,11 @@ def build_request(
         signed["biz_content"] = content
     params["sign"] = rsa_sign(sign_content(signed), credentials.private_key, credentials.sign_type)
     separator = "&" if "?" in gateway_url else "?"
-    body = urlencode({"biz_content": content}, encoding="utf-8").encode("ascii") if content is not None else b""
+    body = (
+        urlencode({"biz_content": content}, encoding="utf-8").encode("ascii")
+        if content is not None
+        else b""
+    )
     return GatewayRequest(
         url=f"{gateway_url}{separator}{urlencode(params, encoding='utf-8')}",
         body=body,
@@ -204,7 +220,8 @@ def scan_members(text: str) -> dict[str, list[RawNode]]:
             raise SignatureError("the response has data after its JSON object")
     except IndexError:
         raise SignatureError("the response is truncated") from None
-    except (json.JSONDecodeError, RecursionError):
+    except (ValueError, RecursionError):
+        # ValueError also covers JSONDecodeError and integers too long to convert.
         raise SignatureError("the response is not valid JSON") from None
     return members
 
@@ -214,7 +231,9 @@ def _single(members: dict[str, list[RawNode]], name: str) -> RawNode | None:
     if not nodes:
         return None
     if len(nodes) > 1:
-        raise SignatureError(f"the response has {len(nodes)} '{name}' members; refusing an ambiguous body")
+        raise SignatureError(
+            f"the response has {len(nodes)} '{name}' members; refusing an ambiguous body"
+        )
     return nodes[0]
 
 
@@ -239,7 +258,9 @@ def extract_response(body: str, method: str) -> ExtractedResponse:
                 sign=_optional_string(members, "sign"),
                 cert_sn=_optional_string(members, "alipay_cert_sn"),
             )
-    raise SignatureError(f"the response has neither '{response_node_name(method)}' nor '{ERROR_NODE}'")
+    raise SignatureError(
+        f"the response has neither '{response_node_name(method)}' nor '{ERROR_NODE}'"
+    )
 
 
 def _verify_node(raw: str, signature: str, key: rsa.RSAPublicKey, sign_type: str) -> bool:
@@ -282,7 +303,9 @@ def verify_response(body: str | bytes, method: str, credentials: AppCredentials)
         raise SignatureError("the response is not signed; an unsigned success is never trusted")
     key = credentials.alipay_key(extracted.cert_sn)
     if not _verify_node(extracted.node.raw, extracted.sign, key, credentials.sign_type):
-        raise SignatureError(f"the signature of '{extracted.name}' does not verify with the Alipay public key")
+        raise SignatureError(
+            f"the signature of '{extracted.name}' does not verify with the Alipay public key"
+        )
     if isinstance(value, str):
         if credentials.encrypt_key is None:
             raise SignatureError("the response is encrypted but no AES key is configured")
@@ -297,7 +320,7 @@ def verify_response(body: str | bytes, method: str, credentials: AppCredentials)
 def _parse_object(text: str) -> dict[str, Any]:
     try:
         value = json.loads(text)
-    except (json.JSONDecodeError, RecursionError):
+    except (ValueError, RecursionError):
         raise SignatureError("decrypted content is not JSON") from None
     if not isinstance(value, dict):
         raise SignatureError("decrypted content is not a JSON object")
@@ -312,9 +335,13 @@ def parse_form(body: str | bytes) -> dict[str, str]:
 
     A repeated key is refused: which copy was signed would be ambiguous.
     """
-    text = body.decode("utf-8") if isinstance(body, bytes) else body
+    try:
+        text = body.decode("utf-8") if isinstance(body, bytes) else body
+        pairs = parse_qsl(text, keep_blank_values=True, encoding="utf-8", errors="strict")
+    except (UnicodeDecodeError, ValueError):
+        raise SignatureError("the form is not UTF-8 url-encoded text") from None
     params: dict[str, str] = {}
-    for key, value in parse_qsl(text, keep_blank_values=True, encoding="utf-8", errors="strict"):
+    for key, value in pairs:
         if key in params:
             raise SignatureError(f"the form repeats the field '{key}'")
         params[key] = value

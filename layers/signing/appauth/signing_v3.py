@@ -54,9 +54,10 @@ def parse_authorization(header: str) -> dict[str, str]:
     fields: dict[str, str] = {}
     for part in rest.split(","):
         key, sep, value = part.partition("=")
-        if not sep:
+        key = key.strip()
+        if not sep or key in fields:
             raise SignatureError("malformed authorization header")
-        fields[key.strip()] = value
+        fields[key] = value
     return fields
 
 
@@ -125,17 +126,25 @@ def verify_v3_response(
     body may be unsigned, but if it carries a signature, the signature must hold.
     """
     h = _lower(headers)
-    signature, timestamp, nonce = h.get("alipay-signature"), h.get("alipay-timestamp"), h.get("alipay-nonce")
+    signature, timestamp, nonce = (
+        h.get("alipay-signature"),
+        h.get("alipay-timestamp"),
+        h.get("alipay-nonce"),
+    )
     signed = bool(signature and timestamp and nonce)
     if signed:
         key = credentials.alipay_key(h.get("alipay-sn"))
-        if not rsa_verify(response_sign_content(timestamp or "", nonce or "", body), signature or "", key):
-            raise SignatureError("the v3 response signature does not verify with the Alipay public key")
+        if not rsa_verify(
+            response_sign_content(timestamp or "", nonce or "", body), signature or "", key
+        ):
+            raise SignatureError(
+                "the v3 response signature does not verify with the Alipay public key"
+            )
     elif 200 <= status < 300:
         raise SignatureError("the v3 response is not signed; an unsigned success is never trusted")
     try:
         value = json.loads(body) if body.strip() else {}
-    except (json.JSONDecodeError, RecursionError):
+    except (ValueError, RecursionError):
         value = None
     if 200 <= status < 300:
         if not isinstance(value, dict):

@@ -1,0 +1,237 @@
+"""``appauth``: the developer's command line (keys, one signed call, the simulator, the demo).
+
+Developer-only: this package never ships in the Lambda layer.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+from urllib.parse import parse_qsl
+
+from appauth.client import ENVIRONMENTS, AlipayClient, Endpoints
+from appauth.credentials import AppCredentials
+from appauth.errors import (
+    AlipayError,
+    ConfigError,
+    OutcomeUnknownError,
+    SignatureError,
+    TransportError,
+    UnexpectedResponseError,
+)
+
+from appauth_dev.demo import run_demo
+from appauth_dev.keygen import write_key_pair
+from appauth_dev.simulator.cli import add_arguments as add_simulator_arguments
+from appauth_dev.simulator.cli import run as run_simulator
+
+# Exit codes, so scripts can tell failures apart.
+EXIT_OK = 0
+EXIT_ALIPAY_ERROR = 1
+EXIT_USAGE = 2
+EXIT_SIGNATURE = 3
+EXIT_TRANSPORT = 4
+EXIT_OUTCOME_UNKNOWN = 5
+
+
+def _read(path: str, what: str) -> str:
+    try:
+        return Path(path).read_text(encoding="utf-8")
+    except OSError as error:
+        raise ConfigError(f"cannot read {path}: {error.strerror}", parameter=what) from None
+
+
+def _env(name: str) -> str | None:
+    return os.environ.get(f"APPAUTH_{name}") or None
+
+
+# --- keygen --------------------------------------------------------------------------------
+
+
+def _keygen(args: argparse.Namespace) -> int:
+    written = write_key_pair(Path(args.out), force=args.force)
+    for path, purpose in written:
+        print(f"{path}  {purpose}")
+    return EXIT_OK
+
+
+# --- api -----------------------------------------------------------------------------------
+
+
+def _credentials(args: argparse.Namespace) -> AppCredentials:
+    app_id = args.app_id or _env("APP_ID")
+    private_key = args.app_private_key or _env("APP_PRIVATE_KEY_FILE")
+    if not app_id:
+        raise ConfigError("pass --app-id or set APPAUTH_APP_ID", parameter="app_id")
+    if not private_key:
+        raise ConfigError("pass --app-private-key FILE", parameter="app private key")
+    encrypt_key = args.encrypt_key or _env("ENCRYPT_KEY")
+    certs = (args.app_cert, args.alipay_cert, args.alipay_root_cert)
+    if any(certs):
+        if not all(certs):
+            raise ConfigError(
+                "certificate mode needs --app-cert, --alipay-cert and --alipay-root-cert"
+            )
+        return AppCredentials.from_certificates(
+            app_id,
+            _read(private_key, "app private key"),
+            _read(args.app_cert, "app cert"),
+            _read(args.alipay_cert, "alipay cert"),
+            _read(args.alipay_root_cert, "alipay root cert"),
+            encrypt_key=encrypt_key,
+        )
+    public_key = args.alipay_public_key or _env("ALIPAY_PUBLIC_KEY_FILE")
+    if not public_key:
+        raise ConfigError(
+            "pass --alipay-public-key FILE (key mode) or the three certificates (cert mode)",
+            parameter="alipay public key",
+        )
+    return AppCredentials.from_keys(
+        app_id,
+        _read(private_key, "app private key"),
+        _read(public_key, "alipay public key"),
+        encrypt_key=encrypt_key,
+    )
+
+
+def _json_argument(text: str | None, flag: str) -> dict[str, Any] | None:
+    if text is None:
+        return None
+    try:
+        value = json.loads(text)
+    except json.JSONDecodeError as error:
+        raise ConfigError(
+            f"is not valid JSON ({error.msg} at column {error.colno})", parameter=flag
+        ) from None
+    if not isinstance(value, dict):
+        raise ConfigError("must be a JSON object", parameter=flag)
+    return value
+
+
+def _api(args: argparse.Namespace) -> int:
+    credentials = _credentials(args)
+    endpoints = Endpoints.for_environment(
+        args.environment,
+        gateway_url=args.gateway or _env("GATEWAY"),
+        v3_base_url=args.endpoint or _env("ENDPOINT"),
+    )
+    client = AlipayClient(credentials, endpoints, encrypt=args.encrypt)
+    if args.v3:
+        if len(args.target) != 2:
+            raise ConfigError("usage: appauth api --v3 HTTP_METHOD PATH [--body JSON]")
+        http_method, path = args.target
+        query: dict[str, str] = {}
+        if "?" in path:
+            path, _, raw_query = path.partition("?")
+            query = dict(parse_qsl(raw_query, keep_blank_values=True))
+        response = client.request(
+            http_method,
+            path,
+            query=query or None,
+            body=_json_argument(args.body, "--body"),
+            app_auth_token=args.app_auth_token,
+        )
+        result: dict[str, Any] = response.data
+    else:
+        if len(args.target) != 1:
+            raise ConfigError("usage: appauth api METHOD [--biz-content JSON]")
+        result = client.call(
+            args.target[0],
+            _json_argument(args.biz_content, "--biz-content"),
+            app_auth_token=args.app_auth_token,
+        )
+    print(json.dumps(result, ensure_ascii=False, indent=2))
+    return EXIT_OK
+
+
+# --- wiring --------------------------------------------------------------------------------
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="appauth", description="Alipay third-party app authorization: developer tools."
+    )
+    commands = parser.add_subparsers(dest="command", required=True)
+
+    keygen = commands.add_parser(
+        "keygen", help="generate an RSA-2048 app key pair for the Alipay console"
+    )
+    keygen.add_argument("--out", required=True, help="directory to write the key files into")
+    keygen.add_argument("--force", action="store_true", help="overwrite existing key files")
+    keygen.set_defaults(handler=_keygen)
+
+    api = commands.add_parser(
+        "api",
+        help="make one signed call and print the verified response",
+        description="v2: appauth api METHOD [--biz-content JSON]; v3: appauth api --v3 HTTP_METHOD PATH [--body JSON]",
+    )
+    api.add_argument("target", nargs="+", help="METHOD (v2) or HTTP_METHOD PATH (v3)")
+    api.add_argument("--v3", action="store_true", help="use the v3 API instead of the v2 gateway")
+    api.add_argument("--biz-content", help="v2 business parameters, a JSON object")
+    api.add_argument("--body", help="v3 request body, a JSON object")
+    api.add_argument("--app-auth-token", help="call on behalf of a merchant")
+    api.add_argument("--app-id", help="the ISV app id (or APPAUTH_APP_ID)")
+    api.add_argument(
+        "--app-private-key", metavar="FILE", help="app private key: PEM or bare base64"
+    )
+    api.add_argument("--alipay-public-key", metavar="FILE", help="Alipay public key (key mode)")
+    api.add_argument("--app-cert", metavar="FILE", help="app public-key certificate (cert mode)")
+    api.add_argument(
+        "--alipay-cert", metavar="FILE", help="Alipay public-key certificate (cert mode)"
+    )
+    api.add_argument(
+        "--alipay-root-cert", metavar="FILE", help="Alipay root certificate (cert mode)"
+    )
+    api.add_argument("--encrypt-key", help="AES key (base64) from the console, for --encrypt")
+    api.add_argument(
+        "--encrypt", action="store_true", help="AES-encrypt biz_content (encrypt_type=AES)"
+    )
+    api.add_argument("--environment", choices=sorted(ENVIRONMENTS), default="production")
+    api.add_argument("--gateway", metavar="URL", help="v2 gateway URL (overrides --environment)")
+    api.add_argument("--endpoint", metavar="URL", help="v3 base URL (overrides --environment)")
+    api.set_defaults(handler=_api)
+
+    simulator = commands.add_parser(
+        "simulator", help="run the Alipay simulator (HTTP, real signatures)"
+    )
+    add_simulator_arguments(simulator)
+    simulator.set_defaults(handler=run_simulator)
+
+    demo = commands.add_parser("demo", help="run everything the product can do, locally")
+    demo.set_defaults(handler=_demo)
+    return parser
+
+
+def _demo(args: argparse.Namespace) -> int:
+    return run_demo()
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        code: int = args.handler(args)
+    except ConfigError as error:
+        print(f"appauth: configuration error: {error}", file=sys.stderr)
+        return EXIT_USAGE
+    except AlipayError as error:
+        print(f"appauth: {error}", file=sys.stderr)
+        return EXIT_ALIPAY_ERROR
+    except (SignatureError, UnexpectedResponseError) as error:
+        print(f"appauth: rejected the response: {error}", file=sys.stderr)
+        return EXIT_SIGNATURE
+    except OutcomeUnknownError as error:
+        print(f"appauth: outcome unknown: {error}", file=sys.stderr)
+        return EXIT_OUTCOME_UNKNOWN
+    except TransportError as error:
+        print(f"appauth: transport error: {error}", file=sys.stderr)
+        return EXIT_TRANSPORT
+    return code
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())
