@@ -15,7 +15,7 @@ import pytest
 import requests
 from appauth.credentials import AppCredentials
 from appauth.errors import AlipayError
-from appauth.signing import build_request, verify_response
+from appauth.signing import build_request, rsa_sign, sign_content, verify_response
 from appauth.signing_v3 import build_v3_request, verify_v3_response
 from appauth_dev.simulator import RunningSimulator
 from appauth_dev.simulator.state import RE_EXPIRES_IN
@@ -490,16 +490,12 @@ def test_aes_mode_decrypts_requests_and_encrypts_responses(aes_simulator, aes_cr
         ]
         == "valid"
     )
-    request = build_request(
-        aes_credentials,
-        aes_simulator.gateway_url,
-        TOKEN_APP,
-        "not-base64!",
-        extra_params={"encrypt_type": "AES"},
-    )
-    response = requests.post(
-        request.url, data=request.body, headers=request.headers, timeout=TIMEOUT
-    )
+    # A correctly signed request whose "ciphertext" is garbage (build_request cannot make one).
+    params = dict(build_request(aes_credentials, aes_simulator.gateway_url, TOKEN_APP).params)
+    params.pop("sign")
+    params.update(encrypt_type="AES", biz_content="not-base64!")
+    params["sign"] = rsa_sign(sign_content(params), aes_credentials.private_key)
+    response = requests.post(aes_simulator.gateway_url, data=params, timeout=TIMEOUT)
     assert (
         alipay_error(verify_response, response.text, TOKEN_APP, aes_credentials).sub_code
         == "isv.decryption-error"
