@@ -18,6 +18,7 @@ $(STAMP): requirements/dev.txt layers/signing/requirements.txt pyproject.toml
 lint: setup
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
+	$(BIN)/cfn-lint template.yaml
 
 typecheck: setup
 	$(BIN)/mypy
