@@ -8,6 +8,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+
 from appauth.credentials import AppCredentials
 
 VECTORS_DIR = Path(__file__).parent / "vectors"

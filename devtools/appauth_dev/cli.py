@@ -24,7 +24,6 @@ from appauth.errors import (
     TransportError,
     UnexpectedResponseError,
 )
-
 from appauth_dev.demo import run_demo
 from appauth_dev.keygen import write_key_pair
 from appauth_dev.simulator.cli import add_arguments as add_simulator_arguments

@@ -14,12 +14,12 @@ from contextlib import contextmanager
 from typing import Any
 
 import requests
+
 from appauth.client import AlipayClient, Endpoints, Protocol
 from appauth.credentials import AppCredentials
 from appauth.errors import AlipayError
 from appauth.models import TokenGrant
 from appauth.redaction import mask
-
 from appauth_dev.keygen import generate_private_key, private_pkcs8_pem, public_pem
 from appauth_dev.simulator.config import SimulatorConfig
 from appauth_dev.simulator.server import RunningSimulator, start_simulator

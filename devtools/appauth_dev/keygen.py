@@ -6,9 +6,10 @@ import base64
 import os
 from pathlib import Path
 
-from appauth.errors import ConfigError
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import rsa
+
+from appauth.errors import ConfigError
 
 KEY_BITS = 2048
 

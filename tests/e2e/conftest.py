@@ -10,6 +10,7 @@ from collections.abc import Callable, Iterator
 from typing import Any
 
 import pytest
+
 from appauth.credentials import AppCredentials
 from appauth_dev.simulator import RunningSimulator, SimulatorConfig, start_simulator
 

@@ -13,6 +13,7 @@ from urllib.parse import parse_qs, urlencode, urlsplit
 
 import pytest
 import requests
+
 from appauth.credentials import AppCredentials
 from appauth.errors import AlipayError
 from appauth.signing import build_request, rsa_sign, sign_content, verify_response

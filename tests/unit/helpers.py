@@ -7,9 +7,10 @@ from functools import cache
 from pathlib import Path
 from typing import Any
 
+from cryptography.hazmat.primitives.asymmetric import rsa
+
 from appauth import keys
 from appauth.signing import rsa_sign
-from cryptography.hazmat.primitives.asymmetric import rsa
 
 VECTORS_DIR = Path(__file__).resolve().parent.parent / "vectors"
 

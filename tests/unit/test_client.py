@@ -26,7 +26,9 @@ def test_unknown_environment_is_a_config_error_naming_the_choices():
 
 def test_local_endpoints_put_everything_on_one_host():
     local = Endpoints.local("http://127.0.0.1:8080/")
-    assert local == Endpoints("http://127.0.0.1:8080/gateway.do", "http://127.0.0.1:8080", "http://127.0.0.1:8080")
+    assert local == Endpoints(
+        "http://127.0.0.1:8080/gateway.do", "http://127.0.0.1:8080", "http://127.0.0.1:8080"
+    )
 
 
 @pytest.mark.parametrize("attempt", [1, 2, 3, 8])

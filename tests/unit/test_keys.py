@@ -8,13 +8,13 @@ from collections.abc import Callable
 from functools import cache
 
 import pytest
-from appauth import keys
-from appauth.credentials import AppCredentials
-from appauth.errors import ConfigError
 from cryptography import x509
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec, rsa
 
+from appauth import keys
+from appauth.credentials import AppCredentials
+from appauth.errors import ConfigError
 from tests.unit.helpers import key_path, read_vector_file, vector_data
 
 _PEM_ARMOR = re.compile(r"-----(BEGIN|END) [A-Z0-9 ]+-----|Proc-Type:[^\n]*|DEK-Info:[^\n]*")

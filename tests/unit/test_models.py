@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 from datetime import UTC, datetime, timedelta
 
 import pytest
@@ -87,7 +86,9 @@ def test_query_response_parses(vectors, app_credentials):
     assert not invalid.valid
 
 
-@pytest.mark.parametrize("data", [{}, {"auth_app_id": "1"}, {"auth_app_id": "1", "status": "valid", "auth_methods": "x"}])
+@pytest.mark.parametrize(
+    "data", [{}, {"auth_app_id": "1"}, {"auth_app_id": "1", "status": "valid", "auth_methods": "x"}]
+)
 def test_unusable_query_responses_are_refused(data):
     with pytest.raises(UnexpectedResponseError):
         parse_authorization_info(data)

@@ -9,6 +9,7 @@ from typing import Any
 from urllib.parse import parse_qsl, urlsplit
 
 import pytest
+
 from appauth.aes import aes_decrypt, aes_encrypt, load_encrypt_key
 from appauth.credentials import AppCredentials
 from appauth.errors import AlipayError, SignatureError
@@ -29,7 +30,6 @@ from appauth.signing_v3 import (
     parse_authorization,
     verify_v3_response,
 )
-
 from tests.unit.helpers import (
     alipay_private_key,
     alipay_sign,

@@ -9,6 +9,8 @@ from typing import Any
 from urllib.parse import parse_qsl, urlsplit
 
 import pytest
+from cryptography.hazmat.primitives import serialization
+
 from appauth import keys
 from appauth.aes import aes_decrypt, aes_encrypt, load_encrypt_key
 from appauth.credentials import AppCredentials
@@ -29,8 +31,6 @@ from appauth.signing_v3 import (
     request_sign_content,
     verify_v3_response,
 )
-from cryptography.hazmat.primitives import serialization
-
 from tests.unit.helpers import app_public_key, key_path, read_vector_file, vector_data, vector_ids
 
 V = vector_data()

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+from cryptography.hazmat.primitives.asymmetric import rsa
+
 from appauth.aes import load_encrypt_key
 from appauth.errors import ConfigError
 from appauth.keys import (
@@ -13,7 +15,6 @@ from appauth.keys import (
     load_public_key,
     root_certificate_sn,
 )
-from cryptography.hazmat.primitives.asymmetric import rsa
 
 DEFAULT_GRACE_SECONDS = 3600
 
