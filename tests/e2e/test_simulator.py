@@ -15,10 +15,11 @@ import pytest
 import requests
 
 from appauth.credentials import AppCredentials
-from appauth.errors import AlipayError
+from appauth.errors import AlipayError, SignatureError
 from appauth.signing import build_request, rsa_sign, sign_content, verify_response
 from appauth.signing_v3 import build_v3_request, verify_v3_response
 from appauth_dev.simulator import RunningSimulator
+from appauth_dev.simulator.corruption import GARBAGE
 from appauth_dev.simulator.state import RE_EXPIRES_IN
 
 TOKEN_APP = "alipay.open.auth.token.app"
@@ -655,11 +656,77 @@ def test_timeout_drops_the_connection(simulator, app_credentials, after_processi
         assert exchange(simulator, app_credentials, code)["code"] == "10000"
 
 
+@pytest.mark.parametrize("fault", ["tamper", "wrong_key", "drop_sign", "garbage", "truncate"])
+def test_response_faults_fail_verification_after_processing(simulator, app_credentials, fault):
+    control(simulator, "faults", {"response_fault": fault, "escape_slashes": True})
+    with pytest.raises(SignatureError):
+        exchange(simulator, app_credentials, mint(simulator)["app_auth_code"])
+    with pytest.raises(SignatureError):
+        v3(
+            simulator,
+            app_credentials,
+            "POST",
+            V3_TOKEN,
+            body={"grant_type": "authorization_code", "code": mint(simulator)["app_auth_code"]},
+        )
+    # Alipay processed both calls; only the answers were damaged.
+    assert len(simulator.state.merchant_ids()) == 2
+    stats = requests.get(f"{simulator.url}/simulator/stats", timeout=TIMEOUT).json()["requests"]
+    assert stats[TOKEN_APP] == {"corrupted": 1}
+    assert stats["v3 alipay.open.auth.token.app"] == {"corrupted": 1}
+
+
+def test_oversized_and_proxy_502_answers(simulator, app_credentials):
+    control(simulator, "faults", {"response_fault": "oversized"})
+    response = post_v2(simulator, app_credentials, TOKEN_QUERY, {"app_auth_token": "x"})
+    assert response.status_code == 200
+    assert len(response.content) > 1024 * 1024
+    # Valid JSON with a valid signature: only a size limit rejects it.
+    assert alipay_error(verify_response, response.text, TOKEN_QUERY, app_credentials).signed
+    control(simulator, "faults", {"response_fault": "html_502"})
+    response = post_v2(simulator, app_credentials, TOKEN_QUERY, {"app_auth_token": "x"})
+    assert response.status_code == 502
+    assert response.headers["Content-Type"].startswith("text/html")
+    assert "502 Bad Gateway" in response.text
+    assert "alipay-trace-id" not in response.headers
+
+
+def test_response_fault_without_processing_leaves_state(simulator, app_credentials):
+    code = mint(simulator)["app_auth_code"]
+    control(
+        simulator, "faults", {"response_fault": "tamper", "response_fault_after_processing": False}
+    )
+    with pytest.raises(SignatureError):
+        exchange(simulator, app_credentials, code)
+    assert simulator.state.merchant_ids() == []
+    control(simulator, "faults", {"response_fault": None})
+    assert exchange(simulator, app_credentials, code)["code"] == "10000"
+
+
+def test_response_fault_rate_is_seeded(simulator, app_credentials):
+    def outcomes() -> list[bool]:
+        control(simulator, "faults", {"response_fault": "garbage", "response_fault_rate": 0.5})
+        control(simulator, "faults", {"seed": 7})
+        return [
+            post_v2(simulator, app_credentials, TOKEN_QUERY, {"app_auth_token": "x"}).content
+            == GARBAGE
+            for _ in range(12)
+        ]
+
+    first = outcomes()
+    assert 0 < sum(first) < 12
+    assert outcomes() == first
+
+
 def test_fault_and_control_inputs_are_validated(simulator):
     for name, body in (
         ("faults", {"error_rate": 2}),
         ("faults", {"nonsense": 1}),
         ("faults", {"escape_slashes": "yes"}),
+        ("faults", {"response_fault": "nope"}),
+        ("faults", {"response_fault_rate": 1.5}),
+        ("faults", {"response_fault_after_processing": 1}),
+        ("faults", {"seed": "1"}),
         ("clock", {"advance_seconds": -1}),
         ("codes", {"batch_size": 0}),
         ("codes", {"auth_app_id": 12}),

@@ -25,13 +25,26 @@ Control API (JSON bodies; 400 ``{"error": ...}`` on bad input):
   ``GET /simulator/clock`` reads it.
 - ``POST /simulator/faults`` with any of ``latency_ms``, ``error_rate``, ``timeout_rate``,
   ``timeout_seconds``, ``timeout_after_processing``, ``rate_limit_per_second``,
-  ``escape_slashes`` (merged into the current faults) -> the faults; ``GET`` reads them.
-  See :class:`~appauth_dev.simulator.faults.Faults` for their meaning.
+  ``escape_slashes``, ``response_fault``, ``response_fault_rate``,
+  ``response_fault_after_processing`` (merged into the current faults) -> the faults; ``GET``
+  reads them. See :class:`~appauth_dev.simulator.faults.Faults` for their meaning. An optional
+  ``"seed": <int>`` restarts the fault decisions from that seed (until the next reset), so a
+  test with a fractional rate sees the same sequence on every run.
+- Response faults corrupt the answer the simulator computed, after signing: ``response_fault``
+  is ``null`` or one of ``tamper`` (one character of the signed node / v3 body changed),
+  ``wrong_key`` (signed with a freshly generated RSA key), ``drop_sign`` (v2 ``sign`` removed,
+  v3 ``alipay-signature`` header removed), ``garbage`` (200 with non-JSON bytes),
+  ``truncate`` (the body cut in half, Content-Length matching the cut body), ``oversized``
+  (a 200 body over 1 MiB) and ``html_502`` (a proxy's HTML 502 page);
+  ``response_fault_rate`` (0..1, default 1) is its probability per call;
+  ``response_fault_after_processing`` (default true: Alipay processed the call and the answer
+  was damaged in transit, the dangerous case) or false (the state is left unchanged).
+  Corrupted answers count as ``corrupted`` in the statistics.
 - ``POST /simulator/reset`` clears codes, tokens, faults, statistics and the clock offset, and
   reseeds the random generators.
 - ``GET /simulator/stats`` -> ``{"requests": {"<method>": {"<outcome>": n}}}``; outcomes are
   ``success``, ``business_error``, ``rejected``, ``invalid_signature``, ``fault_error``,
-  ``rate_limited``, ``timeout``.
+  ``rate_limited``, ``timeout``, ``corrupted``.
 """
 
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""Injected faults (latency, errors, timeouts, rate limits) and request statistics.
+"""Injected faults (latency, errors, timeouts, rate limits, corrupted answers) and statistics.
 
 Every random decision comes from one seeded generator, so a test that sets a rate of 0 or 1, or
 a fixed seed, sees the same outcomes on every run.
@@ -14,6 +14,19 @@ from collections.abc import Mapping
 from dataclasses import asdict, dataclass, fields, replace
 from typing import Any
 
+# How an answer can be damaged between Alipay and the client (see corruption.py).
+RESPONSE_FAULTS = (
+    "tamper",
+    "wrong_key",
+    "drop_sign",
+    "garbage",
+    "truncate",
+    "oversized",
+    "html_502",
+)
+_BOOLEANS = ("escape_slashes", "timeout_after_processing", "response_fault_after_processing")
+_RATES = ("error_rate", "timeout_rate", "response_fault_rate")
+
 
 @dataclass(frozen=True)
 class Faults:
@@ -28,6 +41,13 @@ class Faults:
       with a signed ``call-limited`` error (0 = no limit).
     - ``escape_slashes``: v2 bodies escape ``/`` as ``\\/`` while the signature covers the
       unescaped text, as real Alipay does.
+    - ``response_fault``: corrupt the answer on its way to the client (``null`` = never), with
+      probability ``response_fault_rate``. One of :data:`RESPONSE_FAULTS`; see
+      :mod:`~appauth_dev.simulator.corruption`. Applies to answers the simulator computed
+      (success or business error), not to the other faults' answers. With
+      ``response_fault_after_processing`` (the default, and the dangerous case) the call takes
+      effect first: Alipay processed it and the answer was damaged in transit. Without it the
+      state is left exactly as it was (the answer is computed and then rolled back).
     """
 
     latency_ms: int = 0
@@ -37,6 +57,9 @@ class Faults:
     timeout_after_processing: bool = True
     rate_limit_per_second: float = 0.0
     escape_slashes: bool = False
+    response_fault: str | None = None
+    response_fault_rate: float = 1.0
+    response_fault_after_processing: bool = True
 
     def updated(self, changes: Mapping[str, Any]) -> Faults:
         """A copy with ``changes`` applied; ValueError names the first bad field."""
@@ -45,14 +68,19 @@ class Faults:
         for name, value in changes.items():
             if name not in known:
                 raise ValueError(f"unknown fault '{name}'")
-            if name in ("escape_slashes", "timeout_after_processing"):
+            if name == "response_fault":
+                if value is not None and value not in RESPONSE_FAULTS:
+                    raise ValueError(
+                        f"'{name}' must be null or one of {', '.join(RESPONSE_FAULTS)}"
+                    )
+            elif name in _BOOLEANS:
                 if not isinstance(value, bool):
                     raise ValueError(f"'{name}' must be true or false")
             elif isinstance(value, bool) or not isinstance(value, int | float):
                 raise ValueError(f"'{name}' must be a number")
             elif value < 0 or value > 1_000_000:
                 raise ValueError(f"'{name}' is out of range")
-            elif name in ("error_rate", "timeout_rate") and value > 1:
+            elif name in _RATES and value > 1:
                 raise ValueError(f"'{name}' must be between 0 and 1")
             values[name] = int(value) if name == "latency_ms" else value
         return replace(self, **values)
@@ -70,6 +98,8 @@ class Decision:
     timeout_seconds: float
     timeout_after_processing: bool
     escape_slashes: bool
+    response_fault: str | None = None
+    response_fault_after_processing: bool = True
 
 
 class FaultInjector:
@@ -96,6 +126,11 @@ class FaultInjector:
             self._rng.seed(self._seed)
             self._admitted.clear()
 
+    def reseed(self, seed: int) -> None:
+        """Restart the random decisions from ``seed`` (until the next reset)."""
+        with self._lock:
+            self._rng.seed(seed)
+
     def decide(self) -> Decision:
         with self._lock:
             f = self._faults
@@ -108,17 +143,26 @@ class FaultInjector:
                 rate_limited = len(self._admitted) >= f.rate_limit_per_second
                 if not rate_limited:
                     self._admitted.append(now)
-            # Draw both numbers every time so one rate never shifts the other's sequence.
+            # Draw every number every time so one rate never shifts another's sequence.
             error_draw, timeout_draw = self._rng.random(), self._rng.random()
+            corrupt_draw = self._rng.random()
             error = not rate_limited and error_draw < f.error_rate
+            timeout = not rate_limited and not error and timeout_draw < f.timeout_rate
+            corrupt = (
+                f.response_fault is not None
+                and not (rate_limited or error or timeout)
+                and corrupt_draw < f.response_fault_rate
+            )
             return Decision(
                 latency=f.latency_ms / 1000,
                 rate_limited=rate_limited,
                 error=error,
-                timeout=not rate_limited and not error and timeout_draw < f.timeout_rate,
+                timeout=timeout,
                 timeout_seconds=f.timeout_seconds,
                 timeout_after_processing=f.timeout_after_processing,
                 escape_slashes=f.escape_slashes,
+                response_fault=f.response_fault if corrupt else None,
+                response_fault_after_processing=f.response_fault_after_processing,
             )
 
 

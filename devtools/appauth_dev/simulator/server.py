@@ -19,7 +19,7 @@ from urllib.parse import urlsplit
 from appauth.errors import SignatureError
 from appauth.signing import parse_form
 
-from . import consent, gateway, v3
+from . import consent, corruption, gateway, v3
 from .config import SimulatorConfig
 from .faults import FaultInjector, Faults, Stats
 from .reply import JSON_TYPE, Reply
@@ -197,6 +197,19 @@ class Handler(BaseHTTPRequestHandler):
             time.sleep(decision.timeout_seconds)
             # No response at all: the client sees the connection drop.
             self.close_connection = True
+            return
+        elif decision.response_fault is not None:
+            if decision.response_fault_after_processing:
+                reply = process(decision.escape_slashes)
+            else:
+                with srv.state.rolled_back():
+                    reply = process(decision.escape_slashes)
+            reply = corruption.corrupt(reply, decision.response_fault, v3=label.startswith("v3 "))
+            srv.stats.record(label, reply.outcome)
+            self.close_connection = True
+            # A client that rejects an oversized answer hangs up before reading all of it.
+            with contextlib.suppress(ConnectionError):
+                self._send(reply)
             return
         else:
             reply = process(decision.escape_slashes)
@@ -384,10 +397,16 @@ def _advance_clock(srv: SimulatorServer, data: dict[str, Any]) -> Reply:
 
 
 def _set_faults(srv: SimulatorServer, data: dict[str, Any]) -> Reply:
+    changes = dict(data)
+    seed = changes.pop("seed", None)
+    if seed is not None and (isinstance(seed, bool) or not isinstance(seed, int)):
+        raise _BadRequestError("'seed' must be an integer")
     try:
-        faults: Faults = srv.faults.update(data)
+        faults: Faults = srv.faults.update(changes)
     except ValueError as error:
         raise _BadRequestError(str(error)) from None
+    if seed is not None:
+        srv.faults.reseed(seed)
     return _json_reply(200, faults.as_dict())
 
 

@@ -17,10 +17,12 @@ Rules (chosen to be at least as strict as Alipay, so a client that passes here i
 
 from __future__ import annotations
 
+import copy
 import random
 import threading
 import time
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
 from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
 from enum import Enum
@@ -157,6 +159,18 @@ class SimulatorState:
             self._merchants.clear()
             self._by_token.clear()
             self._by_refresh.clear()
+
+    @contextmanager
+    def rolled_back(self) -> Iterator[None]:
+        """Run calls whose effects are undone on exit (other threads wait meanwhile)."""
+        with self._lock:
+            saved = copy.deepcopy((self._codes, self._merchants, self._by_token, self._by_refresh))
+            rng = self._rng.getstate()
+            try:
+                yield
+            finally:
+                self._codes, self._merchants, self._by_token, self._by_refresh = saved
+                self._rng.setstate(rng)
 
     # --- random identifiers (realistic shapes) ---------------------------------------------
 
