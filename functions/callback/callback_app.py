@@ -1,0 +1,256 @@
+"""Callback function (HTTP API): the page that starts an authorization, Alipay's redirect back,
+and Alipay's notifications. Thin: parse, call the layer, map the result or error to a response.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from datetime import UTC, datetime
+from typing import Any
+
+from aws_lambda_powertools import Logger, Metrics, Tracer
+from aws_lambda_powertools.event_handler import APIGatewayHttpResolver, Response
+from aws_lambda_powertools.logging import correlation_paths
+from aws_lambda_powertools.metrics import MetricUnit, single_metric
+from aws_lambda_powertools.utilities.idempotency import (
+    DynamoDBPersistenceLayer,
+    IdempotencyConfig,
+    idempotent_function,
+)
+from aws_lambda_powertools.utilities.typing import LambdaContext
+from callback_pages import error_page, result_page, start_page
+
+from appauth import aws
+from appauth.authorization import (
+    AuthorizationOutcome,
+    CallbackRequest,
+    StartRequest,
+    complete_authorization,
+    start_authorization,
+)
+from appauth.errors import (
+    ConfigError,
+    InvalidRequestError,
+    RequestError,
+    SignatureError,
+    UnexpectedResponseError,
+)
+from appauth.notifications import handle_notification
+from appauth.runtime import runtime
+
+logger = Logger()
+tracer = Tracer()
+metrics = Metrics()
+app = APIGatewayHttpResolver()
+
+CALLBACK_PATH = "/alipay/callback"
+MAX_QUERY_BYTES = 4096
+HTML = "text/html; charset=utf-8"
+NO_STORE = {
+    "Cache-Control": "no-store",
+    "Referrer-Policy": "no-referrer",
+    "X-Content-Type-Options": "nosniff",
+}
+# The same redirect (reload, retry) is answered from the record, without a second exchange.
+IDEMPOTENCY = IdempotencyConfig(
+    event_key_jmespath="[app_auth_code, state]",
+    expires_after_seconds=24 * 3600,
+    hash_function="sha256",
+)
+
+
+class NotificationRejectedError(RequestError):
+    reason = "notification_rejected"
+
+
+class AlipayAnswerRejectedError(RequestError):
+    http_status = 502
+    reason = "alipay_answer_rejected"
+
+
+def _query() -> dict[str, str]:
+    event = app.current_event
+    if len(event.raw_query_string or "") > MAX_QUERY_BYTES:
+        raise InvalidRequestError("the query string is too long")
+    return dict(event.query_string_parameters or {})
+
+
+def _wants_json() -> bool:
+    accept = app.current_event.headers.get("accept", "")
+    return (
+        "application/json" in accept
+        or (app.current_event.query_string_parameters or {}).get("format") == "json"
+    )
+
+
+def _respond(
+    status: int, html: str, data: dict[str, Any], headers: dict[str, str] | None = None
+) -> Response[str]:
+    merged = {**NO_STORE, **(headers or {})}
+    if _wants_json():
+        return Response(status, "application/json", json.dumps(data, ensure_ascii=False), merged)
+    return Response(status, HTML, html, merged)
+
+
+def _redirect_uri() -> str:
+    configured = runtime().settings.callback_url
+    return configured or f"https://{app.current_event.request_context.domain_name}{CALLBACK_PATH}"
+
+
+@app.get("/alipay/authorize")
+@tracer.capture_method
+def authorize() -> Response[str]:
+    rt = runtime()
+    query = _query()
+    request = StartRequest.from_query(query, redirect_uri=_redirect_uri())
+    result = start_authorization(
+        request,
+        app_id=rt.settings.app_id,
+        auth_base_url=rt.settings.endpoints.auth_base_url,
+        store=rt.store,
+        state_secret=rt.state_secret(),
+        state_ttl_seconds=rt.settings.state_ttl_seconds,
+        now=int(time.time()),
+    )
+    metrics.add_metric(name="AuthorizationsStarted", unit=MetricUnit.Count, value=1)
+    if query.get("redirect") == "1":
+        return Response(302, HTML, "", {**NO_STORE, "Location": result.url})
+    import segno  # noqa: PLC0415  (only this page needs it: keeps other cold starts lean)
+
+    qr_svg = segno.make(result.url, error="m").svg_inline(scale=4, border=2)
+    data = {"authorization_url": result.url, "expires_at": result.expires_at, "batch": result.batch}
+    return _respond(200, start_page(result, qr_svg), data)
+
+
+def _complete(redirect: dict[str, str]) -> dict[str, Any]:
+    rt = runtime()
+    outcome = complete_authorization(
+        CallbackRequest(**redirect),
+        app_id=rt.settings.app_id,
+        client=rt.client(),
+        store=rt.store,
+        park=rt.park,
+        state_secret=rt.state_secret(),
+        now=int(time.time()),
+    )
+    return outcome.as_dict()
+
+
+_idempotent_complete: Any = None
+
+
+def _complete_once(request: CallbackRequest) -> AuthorizationOutcome:
+    global _idempotent_complete  # noqa: PLW0603  (built on first use: no boto3 client at import)
+    if _idempotent_complete is None:
+        persistence = DynamoDBPersistenceLayer(
+            table_name=runtime().settings.idempotency_table, boto3_client=aws.dynamodb()
+        )
+        _idempotent_complete = idempotent_function(
+            data_keyword_argument="redirect", persistence_store=persistence, config=IDEMPOTENCY
+        )(_complete)
+    try:
+        return AuthorizationOutcome.from_dict(_idempotent_complete(redirect=request.as_dict()))
+    except (SignatureError, UnexpectedResponseError):
+        raise AlipayAnswerRejectedError(
+            "Alipay's answer could not be verified; nothing was stored. Please authorize again."
+        ) from None
+
+
+@app.get(CALLBACK_PATH)
+@tracer.capture_method
+def callback() -> Response[str]:
+    request = CallbackRequest.from_query(_query())
+    outcome = _complete_once(request)
+    metrics.add_metric(
+        name="AuthorizationsGranted", unit=MetricUnit.Count, value=len(outcome.auth_app_ids)
+    )
+    if outcome.parked:
+        metrics.add_metric(name="TokenPairsParked", unit=MetricUnit.Count, value=1)
+    logger.info(
+        "Authorization complete",
+        extra={"auth_app_ids": list(outcome.auth_app_ids), "parked": outcome.parked},
+    )
+    return _respond(200, result_page(outcome), {"status": "granted", **outcome.as_dict()})
+
+
+@app.post("/alipay/notify")
+@tracer.capture_method
+def notify() -> Response[str]:
+    rt = runtime()
+    event = app.current_event
+    body = event.decoded_body or ""
+    try:
+        result = handle_notification(
+            body, credentials=rt.credentials(), store=rt.store, park=rt.park, now=datetime.now(UTC)
+        )
+    except SignatureError as error:
+        raise NotificationRejectedError(f"notification rejected: {error}") from None
+    metrics.add_metric(name=f"Notifications_{result.kind}", unit=MetricUnit.Count, value=1)
+    logger.info(
+        "Notification handled",
+        extra={"kind": result.kind, "auth_app_id": result.auth_app_id, "changed": result.changed},
+    )
+    # Alipay stops redelivering only when the body is exactly "success".
+    return Response(200, "text/plain", "success", NO_STORE)
+
+
+@app.exception_handler(RequestError)  # type: ignore[untyped-decorator]
+def request_error(error: RequestError) -> Response[str]:
+    _count_failure(error.reason)
+    logger.warning("Request refused", extra={"reason": error.reason, "status": error.http_status})
+    headers = {"Retry-After": "60"} if error.http_status == 503 else None
+    if app.current_event.raw_path.endswith("/notify"):
+        return Response(error.http_status, "text/plain", "fail", NO_STORE)
+    return _respond(
+        error.http_status,
+        error_page(error.http_status, str(error)),
+        {"error": {"reason": error.reason, "message": str(error)}},
+        headers,
+    )
+
+
+@app.exception_handler(ConfigError)  # type: ignore[untyped-decorator]
+def config_error(error: ConfigError) -> Response[str]:
+    _count_failure("misconfigured")
+    # The parameter name helps the operator; the merchant only learns that it is our fault.
+    logger.error("Service misconfigured", extra={"parameter": error.parameter, "error": str(error)})
+    return _respond(
+        500,
+        error_page(500, "The service is misconfigured."),
+        {"error": {"reason": "misconfigured"}},
+    )
+
+
+@app.exception_handler(Exception)  # type: ignore[untyped-decorator]
+def unexpected_error(error: Exception) -> Response[str]:
+    _count_failure("internal_error")
+    logger.exception("Unexpected error")
+    return _respond(
+        500, error_page(500, "Internal error."), {"error": {"reason": "internal_error"}}
+    )
+
+
+@app.not_found
+def not_found(_: Exception) -> Response[str]:
+    return _respond(404, error_page(404, "Not found."), {"error": {"reason": "not_found"}})
+
+
+def _count_failure(reason: str) -> None:
+    metrics.add_metric(name="AuthorizationsFailed", unit=MetricUnit.Count, value=1)
+    # A separate EMF document, so the reason dimension does not attach to the other metrics.
+    with single_metric(
+        name="AuthorizationsFailedByReason",
+        unit=MetricUnit.Count,
+        value=1,
+        namespace=metrics.namespace,
+    ) as metric:
+        metric.add_dimension(name="reason", value=reason)
+
+
+@logger.inject_lambda_context(correlation_id_path=correlation_paths.API_GATEWAY_HTTP)
+@tracer.capture_lambda_handler
+@metrics.log_metrics
+def lambda_handler(event: dict[str, Any], context: LambdaContext) -> dict[str, Any]:
+    IDEMPOTENCY.register_lambda_context(context)
+    return app.resolve(event, context)

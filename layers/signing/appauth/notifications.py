@@ -1,0 +1,109 @@
+"""Alipay's asynchronous notifications about authorizations (POST form to the notify URL).
+
+- ``notify_type=open_app_auth_notify``: a merchant authorized (or changed) the app; the
+  notification carries the token pair, which is stored like an exchange result. This is also the
+  safety net when the callback's exchange answer was lost.
+- ``msg_method=alipay.open.auth.appauth.cancelled``: the merchant cancelled; the authorization
+  becomes ``revoked`` unless it was re-authorized after the cancellation.
+
+Everything is verified (signature, then ``app_id``) before anything changes. Redelivery is
+harmless: an older or identical pair is not written over a newer one, and revoking twice is a
+no-op.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Mapping
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Any
+
+from appauth.authorization import Parker, store_grants
+from appauth.credentials import AppCredentials
+from appauth.errors import InvalidRequestError, UnexpectedResponseError, WrongAppError
+from appauth.models import TokenGrant, parse_token_response
+from appauth.signing import parse_form, verify_notification
+from appauth.state import MERCHANT_REF_PATTERN
+from appauth.store import TokenStore
+
+AUTH_NOTIFY_TYPE = "open_app_auth_notify"
+CANCELLED_METHOD = "alipay.open.auth.appauth.cancelled"
+MAX_NOTIFICATION_BYTES = 64 * 1024
+
+
+@dataclass(frozen=True)
+class NotificationResult:
+    kind: str  # "granted", "cancelled" or "ignored"
+    auth_app_id: str | None
+    changed: bool
+
+
+def _biz_content(params: Mapping[str, str]) -> dict[str, Any]:
+    try:
+        value = json.loads(params.get("biz_content") or "{}")
+    except ValueError:
+        raise InvalidRequestError("biz_content is not JSON") from None
+    if not isinstance(value, dict):
+        raise InvalidRequestError("biz_content is not a JSON object")
+    return value
+
+
+def _millis(value: Any, fallback: datetime) -> datetime:
+    try:
+        return datetime.fromtimestamp(int(value) / 1000, UTC)
+    except (TypeError, ValueError, OverflowError, OSError):
+        return fallback
+
+
+def handle_notification(
+    body: str | bytes,
+    *,
+    credentials: AppCredentials,
+    store: TokenStore,
+    park: Parker,
+    now: datetime,
+) -> NotificationResult:
+    if len(body) > MAX_NOTIFICATION_BYTES:
+        raise InvalidRequestError("notification body is too large")
+    params = parse_form(body)
+    verify_notification(params, credentials)
+    if params.get("app_id") != credentials.app_id:
+        raise WrongAppError("the notification is for another app")
+    content = _biz_content(params)
+    if params.get("notify_type") == AUTH_NOTIFY_TYPE:
+        return _granted(content, store, park, now)
+    if params.get("msg_method") == CANCELLED_METHOD:
+        auth_app_id = str(content.get("auth_app_id") or params.get("msg_app_id") or "")
+        if not auth_app_id:
+            raise InvalidRequestError("the cancellation names no auth_app_id")
+        cancelled_at = _millis(params.get("utc_timestamp"), now)
+        changed = store.mark_revoked(
+            auth_app_id, cancelled_at=cancelled_at, reason="merchant_cancelled"
+        )
+        return NotificationResult("cancelled", auth_app_id, changed)
+    return NotificationResult("ignored", None, False)
+
+
+def _granted(
+    content: Mapping[str, Any], store: TokenStore, park: Parker, now: datetime
+) -> NotificationResult:
+    detail = content.get("detail")
+    if not isinstance(detail, dict):
+        raise InvalidRequestError("the authorization notification has no detail")
+    # Alipay issued the pair at auth_time: using it (not our clock) keeps a late notification
+    # from overwriting a pair that was refreshed since.
+    issued_at = _millis(detail.get("auth_time"), now)
+    try:
+        grant: TokenGrant = parse_token_response(detail, issued_at).single()
+    except UnexpectedResponseError as error:
+        raise InvalidRequestError(
+            f"the authorization notification is incomplete: {error}"
+        ) from None
+    context = content.get("notify_context")
+    trigger = context.get("trigger_context") if isinstance(context, dict) else None
+    merchant_ref = trigger.get("out_biz_no") if isinstance(trigger, dict) else None
+    if not (isinstance(merchant_ref, str) and MERCHANT_REF_PATTERN.match(merchant_ref)):
+        merchant_ref = None
+    parked = store_grants([grant], store, park, source="notification", merchant_ref=merchant_ref)
+    return NotificationResult("granted", grant.auth_app_id, not parked)

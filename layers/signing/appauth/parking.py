@@ -1,0 +1,133 @@
+"""Where a token pair goes when DynamoDB will not take it: an SQS queue, alarmed, drained later.
+
+A pair Alipay returned is never dropped. If the store write still fails after boto3's retries,
+the pair is parked (sealed with KMS when KMS answers; the queue is SSE-encrypted either way) and
+an alarm fires on the queue depth. :func:`drain_parked` writes parked pairs into the store and
+deletes each message only after its pair is stored (or a newer pair made it obsolete).
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+import logging
+from collections.abc import Sequence
+from datetime import datetime
+from typing import TYPE_CHECKING, Any
+
+from botocore.exceptions import BotoCoreError, ClientError
+
+from appauth.envelope import SealedTokens, TokenCipher
+from appauth.models import TokenGrant
+
+if TYPE_CHECKING:
+    from mypy_boto3_sqs import SQSClient
+
+    from appauth.store import TokenStore
+
+logger = logging.getLogger(__name__)
+MESSAGE_KIND = "appauth.parked_grant.v1"
+
+
+def _encode_grant(grant: TokenGrant, cipher: TokenCipher) -> dict[str, Any]:
+    entry: dict[str, Any] = {
+        "auth_app_id": grant.auth_app_id,
+        "user_id": grant.user_id,
+        "expires_in": grant.expires_in,
+        "re_expires_in": grant.re_expires_in,
+        "received_at": grant.received_at.isoformat(),
+    }
+    tokens = {"app_auth_token": grant.app_auth_token, "app_refresh_token": grant.app_refresh_token}
+    try:
+        sealed = cipher.seal(grant.auth_app_id, tokens)
+    except (BotoCoreError, ClientError):
+        # KMS is down too: the queue's own encryption at rest still protects the pair.
+        entry["tokens"] = tokens
+    else:
+        entry["sealed"] = {
+            "key_id": sealed.key_id,
+            "wrapped_key": base64.b64encode(sealed.wrapped_key).decode("ascii"),
+            "fields": {k: base64.b64encode(v).decode("ascii") for k, v in sealed.fields.items()},
+        }
+    return entry
+
+
+def _decode_grant(entry: dict[str, Any], cipher: TokenCipher) -> TokenGrant:
+    if "sealed" in entry:
+        raw = entry["sealed"]
+        tokens = cipher.open(
+            entry["auth_app_id"],
+            SealedTokens(
+                key_id=raw["key_id"],
+                wrapped_key=base64.b64decode(raw["wrapped_key"]),
+                fields={k: base64.b64decode(v) for k, v in raw["fields"].items()},
+            ),
+        )
+    else:
+        tokens = entry["tokens"]
+    return TokenGrant(
+        auth_app_id=entry["auth_app_id"],
+        user_id=entry.get("user_id"),
+        app_auth_token=tokens["app_auth_token"],
+        app_refresh_token=tokens["app_refresh_token"],
+        expires_in=entry.get("expires_in"),
+        re_expires_in=entry.get("re_expires_in"),
+        received_at=datetime.fromisoformat(entry["received_at"]),
+    )
+
+
+def park_grants(
+    sqs: SQSClient,
+    queue_url: str,
+    grants: Sequence[TokenGrant],
+    cipher: TokenCipher,
+    *,
+    source: str,
+    reason: str,
+    merchant_ref: str | None = None,
+) -> None:
+    """Send each pair to the parking queue (one message per pair, so each drains on its own)."""
+    for grant in grants:
+        body = {
+            "kind": MESSAGE_KIND,
+            "source": source,
+            "reason": reason,
+            "merchant_ref": merchant_ref,
+            "grant": _encode_grant(grant, cipher),
+        }
+        sqs.send_message(QueueUrl=queue_url, MessageBody=json.dumps(body))
+        logger.error(
+            "Token pair parked: the store refused it",
+            extra={"auth_app_id": grant.auth_app_id, "reason": reason},
+        )
+
+
+def drain_parked(
+    sqs: SQSClient,
+    queue_url: str,
+    store: TokenStore,
+    cipher: TokenCipher,
+    *,
+    max_messages: int = 100,
+) -> int:
+    """Store parked pairs; returns how many messages were settled (stored or obsolete)."""
+    settled = 0
+    while settled < max_messages:
+        response = sqs.receive_message(
+            QueueUrl=queue_url, MaxNumberOfMessages=10, WaitTimeSeconds=0
+        )
+        messages = response.get("Messages", [])
+        if not messages:
+            break
+        for message in messages:
+            body = json.loads(message["Body"])
+            if body.get("kind") != MESSAGE_KIND:
+                logger.error("Unknown message on the parking queue left in place")
+                continue
+            grant = _decode_grant(body["grant"], cipher)
+            store.save_grant(
+                grant, source=f"{body['source']}+parked", merchant_ref=body.get("merchant_ref")
+            )
+            sqs.delete_message(QueueUrl=queue_url, ReceiptHandle=message["ReceiptHandle"])
+            settled += 1
+    return settled

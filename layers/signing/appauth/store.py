@@ -1,0 +1,356 @@
+"""The token store: one DynamoDB table (defined in template.yaml) for merchants, audit and state.
+
+Items (``pk`` / ``sk``):
+
+- ``APP#<auth_app_id>`` / ``AUTH``: the merchant app's authorization: ``status`` (granted,
+  needs_reauth, revoked), ``version``, the sealed token pair (``tokens``: KMS key id, wrapped
+  data key, AES-GCM ciphertexts), ``token_issued_at`` (ms, orders writes), ``expires_at``,
+  ``re_expires_at``, ``next_refresh_at`` (epoch seconds), ``user_id``, ``merchant_ref``,
+  timestamps. Only ``granted`` items carry ``due_shard``, which makes the ``due`` index sparse:
+  the refresher queries ``due_shard = s AND next_refresh_at <= now`` per shard, never a Scan.
+- ``APP#<auth_app_id>`` / ``EVENT#<time>#<id>``: audit events (what, when, who; never a token).
+- ``STATE#<nonce>`` / ``STATE``: an issued authorization ``state``; ``consumed_at`` is set once,
+  atomically; ``ttl`` lets DynamoDB delete it after it expires.
+
+Every write that could race is conditional: a token pair is written only if it was issued after
+the stored one (``token_issued_at``), and the audit event goes in the same transaction.
+"""
+
+from __future__ import annotations
+
+import secrets
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
+from typing import TYPE_CHECKING, Any
+
+from appauth.envelope import SealedTokens, TokenCipher
+from appauth.errors import StateReplayedError
+from appauth.models import TokenGrant
+from appauth.policy import RefreshPolicy, due_shard
+from appauth.state import AuthState
+
+if TYPE_CHECKING:
+    from mypy_boto3_dynamodb import DynamoDBClient
+    from mypy_boto3_dynamodb.type_defs import PutTypeDef, UpdateTypeDef
+
+STATUS_GRANTED = "granted"
+STATUS_NEEDS_REAUTH = "needs_reauth"
+STATUS_REVOKED = "revoked"
+AUTH_SK = "AUTH"
+STATE_SK = "STATE"
+STATE_TTL_SLACK = timedelta(days=1)
+
+AttributeMap = dict[str, Any]
+
+
+def app_pk(auth_app_id: str) -> str:
+    return f"APP#{auth_app_id}"
+
+
+def _iso(moment: datetime) -> str:
+    return moment.astimezone(UTC).isoformat(timespec="milliseconds")
+
+
+def _epoch(moment: datetime) -> str:
+    return str(int(moment.timestamp()))
+
+
+def _from_epoch(value: Mapping[str, str] | None) -> datetime | None:
+    return None if value is None else datetime.fromtimestamp(int(value["N"]), UTC)
+
+
+@dataclass(frozen=True)
+class SaveResult:
+    """``stored`` is False when a newer pair was already there (this one is older: kept out)."""
+
+    auth_app_id: str
+    stored: bool
+    version: int
+
+
+@dataclass(frozen=True)
+class StoredAuthorization:
+    auth_app_id: str
+    user_id: str | None
+    status: str
+    version: int
+    token_issued_at: datetime
+    expires_at: datetime | None
+    re_expires_at: datetime | None
+    next_refresh_at: datetime | None
+    merchant_ref: str | None
+    granted_at: str | None
+    updated_at: str | None
+    sealed: SealedTokens = field(repr=False)
+
+
+@dataclass(frozen=True)
+class AuditEvent:
+    auth_app_id: str
+    event: str
+    at: str
+    actor: str
+    detail: Mapping[str, str]
+
+
+class TokenStore:
+    def __init__(
+        self,
+        dynamodb: DynamoDBClient,
+        table_name: str,
+        cipher: TokenCipher,
+        *,
+        policy: RefreshPolicy | None = None,
+        actor: str = "appauth",
+        clock: Callable[[], datetime] = lambda: datetime.now(UTC),
+    ) -> None:
+        self._db = dynamodb
+        self._table = table_name
+        self._cipher = cipher
+        self._policy = policy or RefreshPolicy()
+        self._actor = actor
+        self._clock = clock
+
+    # --- token pairs -----------------------------------------------------------------------
+
+    def save_grant(
+        self, grant: TokenGrant, *, source: str, merchant_ref: str | None = None
+    ) -> SaveResult:
+        """Store a pair Alipay returned, unless a pair issued later is already stored."""
+        now = self._clock()
+        sealed = self._cipher.seal(
+            grant.auth_app_id,
+            {"app_auth_token": grant.app_auth_token, "app_refresh_token": grant.app_refresh_token},
+        )
+        next_refresh = self._policy.next_refresh_at(
+            grant.auth_app_id, grant.received_at, grant.re_expires_at
+        )
+        names = {"#status": "status"}
+        values: AttributeMap = {
+            ":issued": {"N": str(int(grant.received_at.timestamp() * 1000))},
+            ":granted": {"S": STATUS_GRANTED},
+            ":one": {"N": "1"},
+            ":zero": {"N": "0"},
+            ":now": {"S": _iso(now)},
+            ":tokens": {"M": _sealed_to_item(sealed)},
+            ":app": {"S": grant.auth_app_id},
+            ":next": {"N": _epoch(next_refresh)},
+            ":shard": {"S": due_shard(grant.auth_app_id)},
+            ":source": {"S": source},
+        }
+        sets = [
+            "auth_app_id = :app",
+            "#status = :granted",
+            "version = if_not_exists(version, :zero) + :one",
+            "tokens = :tokens",
+            "token_issued_at = :issued",
+            "next_refresh_at = :next",
+            "due_shard = :shard",
+            "granted_at = if_not_exists(granted_at, :now)",
+            "updated_at = :now",
+            "token_source = :source",
+        ]
+        removes = ["reauth_reason", "revoked_at"]
+        optional: dict[str, AttributeMap | None] = {
+            "user_id": {"S": grant.user_id} if grant.user_id else None,
+            "merchant_ref": {"S": merchant_ref} if merchant_ref else None,
+            "expires_at": {"N": _epoch(grant.expires_at)} if grant.expires_at else None,
+            "re_expires_at": {"N": _epoch(grant.re_expires_at)} if grant.re_expires_at else None,
+        }
+        for name, value in optional.items():
+            if value is not None:
+                sets.append(f"{name} = :{name}")
+                values[f":{name}"] = value
+        update: UpdateTypeDef = {
+            "TableName": self._table,
+            "Key": {"pk": {"S": app_pk(grant.auth_app_id)}, "sk": {"S": AUTH_SK}},
+            "UpdateExpression": f"SET {', '.join(sets)} REMOVE {', '.join(removes)}",
+            "ConditionExpression": "attribute_not_exists(pk) OR token_issued_at < :issued",
+            "ExpressionAttributeNames": names,
+            "ExpressionAttributeValues": values,
+        }
+        event = self._event_item(
+            grant.auth_app_id,
+            "token_pair_stored",
+            {"source": source, "user_id": grant.user_id or "", "merchant_ref": merchant_ref or ""},
+            now,
+        )
+        try:
+            self._db.transact_write_items(TransactItems=[{"Update": update}, {"Put": event}])
+        except self._db.exceptions.TransactionCanceledException as error:
+            reasons = error.response.get("CancellationReasons", [])
+            if reasons and reasons[0].get("Code") == "ConditionalCheckFailed":
+                current = self.get(grant.auth_app_id)
+                self.record_event(grant.auth_app_id, "older_pair_ignored", {"source": source}, now)
+                return SaveResult(
+                    grant.auth_app_id, stored=False, version=current.version if current else 0
+                )
+            raise
+        stored = self.get(grant.auth_app_id)
+        return SaveResult(grant.auth_app_id, stored=True, version=stored.version if stored else 1)
+
+    def get(self, auth_app_id: str, *, consistent: bool = True) -> StoredAuthorization | None:
+        response = self._db.get_item(
+            TableName=self._table,
+            Key={"pk": {"S": app_pk(auth_app_id)}, "sk": {"S": AUTH_SK}},
+            ConsistentRead=consistent,
+        )
+        item = response.get("Item")
+        return None if item is None else _authorization_from_item(item)
+
+    def open_tokens(self, stored: StoredAuthorization) -> tuple[str, str]:
+        """(app_auth_token, app_refresh_token), decrypted. Needs kms:Decrypt on the token key."""
+        opened = self._cipher.open(stored.auth_app_id, stored.sealed)
+        return opened["app_auth_token"], opened["app_refresh_token"]
+
+    def mark_revoked(self, auth_app_id: str, *, cancelled_at: datetime, reason: str) -> bool:
+        """Revoke, unless the merchant re-authorized after the cancellation. True when changed."""
+        now = self._clock()
+        update: UpdateTypeDef = {
+            "TableName": self._table,
+            "Key": {"pk": {"S": app_pk(auth_app_id)}, "sk": {"S": AUTH_SK}},
+            "UpdateExpression": "SET #status = :revoked, revoked_at = :now, updated_at = :now, "
+            "version = version + :one REMOVE due_shard, next_refresh_at",
+            "ConditionExpression": "attribute_exists(pk) AND token_issued_at <= :cancelled "
+            "AND #status <> :revoked",
+            "ExpressionAttributeNames": {"#status": "status"},
+            "ExpressionAttributeValues": {
+                ":revoked": {"S": STATUS_REVOKED},
+                ":now": {"S": _iso(now)},
+                ":one": {"N": "1"},
+                ":cancelled": {"N": str(int(cancelled_at.timestamp() * 1000))},
+            },
+        }
+        event = self._event_item(auth_app_id, "authorization_revoked", {"reason": reason}, now)
+        try:
+            self._db.transact_write_items(TransactItems=[{"Update": update}, {"Put": event}])
+        except self._db.exceptions.TransactionCanceledException as error:
+            reasons = error.response.get("CancellationReasons", [])
+            if reasons and reasons[0].get("Code") == "ConditionalCheckFailed":
+                return False
+            raise
+        return True
+
+    # --- audit -----------------------------------------------------------------------------
+
+    def _event_item(
+        self, auth_app_id: str, event: str, detail: Mapping[str, str], now: datetime
+    ) -> PutTypeDef:
+        return {
+            "TableName": self._table,
+            "Item": {
+                "pk": {"S": app_pk(auth_app_id)},
+                "sk": {"S": f"EVENT#{_iso(now)}#{secrets.token_hex(4)}"},
+                "event": {"S": event},
+                "at": {"S": _iso(now)},
+                "actor": {"S": self._actor},
+                "detail": {"M": {k: {"S": v} for k, v in detail.items()}},
+            },
+        }
+
+    def record_event(
+        self, auth_app_id: str, event: str, detail: Mapping[str, str], now: datetime | None = None
+    ) -> None:
+        self._db.put_item(**self._event_item(auth_app_id, event, detail, now or self._clock()))
+
+    def events(self, auth_app_id: str) -> list[AuditEvent]:
+        response = self._db.query(
+            TableName=self._table,
+            KeyConditionExpression="pk = :pk AND begins_with(sk, :event)",
+            ExpressionAttributeValues={
+                ":pk": {"S": app_pk(auth_app_id)},
+                ":event": {"S": "EVENT#"},
+            },
+            ConsistentRead=True,
+        )
+        return [
+            AuditEvent(
+                auth_app_id=auth_app_id,
+                event=item["event"]["S"],
+                at=item["at"]["S"],
+                actor=item["actor"]["S"],
+                detail={k: v["S"] for k, v in item.get("detail", {}).get("M", {}).items()},
+            )
+            for item in response.get("Items", [])
+        ]
+
+    # --- authorization state nonces --------------------------------------------------------
+
+    def put_state(self, state: AuthState) -> None:
+        item: AttributeMap = {
+            "pk": {"S": f"STATE#{state.nonce}"},
+            "sk": {"S": STATE_SK},
+            "expires_at": {"N": str(state.expires_at)},
+            "ttl": {"N": str(state.expires_at + int(STATE_TTL_SLACK.total_seconds()))},
+            "batch": {"BOOL": state.batch},
+            "issued_at": {"S": _iso(self._clock())},
+        }
+        if state.merchant_ref:
+            item["merchant_ref"] = {"S": state.merchant_ref}
+        self._db.put_item(
+            TableName=self._table, Item=item, ConditionExpression="attribute_not_exists(pk)"
+        )
+
+    def consume_state(self, state: AuthState) -> None:
+        """Mark an issued state used, exactly once; StateReplayedError otherwise."""
+        try:
+            self._db.update_item(
+                TableName=self._table,
+                Key={"pk": {"S": f"STATE#{state.nonce}"}, "sk": {"S": STATE_SK}},
+                UpdateExpression="SET consumed_at = :now",
+                ConditionExpression="attribute_exists(pk) AND attribute_not_exists(consumed_at)",
+                ExpressionAttributeValues={":now": {"S": _iso(self._clock())}},
+            )
+        except self._db.exceptions.ConditionalCheckFailedException:
+            raise StateReplayedError(
+                "this authorization link was already used; start the authorization again"
+            ) from None
+
+    def release_state(self, state: AuthState) -> None:
+        """Undo a consume when the exchange failed for a reason a retry can fix."""
+        self._db.update_item(
+            TableName=self._table,
+            Key={"pk": {"S": f"STATE#{state.nonce}"}, "sk": {"S": STATE_SK}},
+            UpdateExpression="REMOVE consumed_at",
+            ConditionExpression="attribute_exists(pk)",
+        )
+
+
+def _sealed_to_item(sealed: SealedTokens) -> AttributeMap:
+    return {
+        "key_id": {"S": sealed.key_id},
+        "wrapped_key": {"B": sealed.wrapped_key},
+        "alg": {"S": sealed.algorithm},
+        "fields": {"M": {name: {"B": blob} for name, blob in sealed.fields.items()}},
+    }
+
+
+def _sealed_from_item(item: Mapping[str, Any]) -> SealedTokens:
+    return SealedTokens(
+        key_id=item["key_id"]["S"],
+        wrapped_key=bytes(item["wrapped_key"]["B"]),
+        fields={name: bytes(value["B"]) for name, value in item["fields"]["M"].items()},
+        algorithm=item["alg"]["S"],
+    )
+
+
+def _authorization_from_item(item: Mapping[str, Any]) -> StoredAuthorization:
+    def text(name: str) -> str | None:
+        value = item.get(name)
+        return None if value is None else str(value["S"])
+
+    return StoredAuthorization(
+        auth_app_id=item["auth_app_id"]["S"],
+        user_id=text("user_id"),
+        status=item["status"]["S"],
+        version=int(item["version"]["N"]),
+        token_issued_at=datetime.fromtimestamp(int(item["token_issued_at"]["N"]) / 1000, UTC),
+        expires_at=_from_epoch(item.get("expires_at")),
+        re_expires_at=_from_epoch(item.get("re_expires_at")),
+        next_refresh_at=_from_epoch(item.get("next_refresh_at")),
+        merchant_ref=text("merchant_ref"),
+        granted_at=text("granted_at"),
+        updated_at=text("updated_at"),
+        sealed=_sealed_from_item(item["tokens"]["M"]),
+    )
