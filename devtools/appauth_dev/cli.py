@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import logging
 import os
 import sys
 from collections.abc import Sequence
@@ -38,9 +39,10 @@ EXIT_TRANSPORT = 4
 EXIT_OUTCOME_UNKNOWN = 5
 
 
-def _read(path: str, what: str) -> str:
+def _read(path: str, what: str) -> bytes:
+    """Key material as bytes: the layer's loaders decide what it is (a binary file is just bad input)."""
     try:
-        return Path(path).read_text(encoding="utf-8")
+        return Path(path).read_bytes()
     except OSError as error:
         raise ConfigError(f"cannot read {path}: {error.strerror}", parameter=what) from None
 
@@ -155,6 +157,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="appauth", description="Alipay third-party app authorization: developer tools."
     )
+    parser.add_argument(
+        "-v", "--verbose", action="store_true", help="log each Alipay call and retry"
+    )
     commands = parser.add_subparsers(dest="command", required=True)
 
     keygen = commands.add_parser(
@@ -212,6 +217,12 @@ def _demo(args: argparse.Namespace) -> int:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    # Errors are reported once, below; the layer's retry chatter only with --verbose.
+    logging.basicConfig(
+        level=logging.INFO if args.verbose else logging.ERROR,
+        format="appauth: %(levelname)s %(name)s: %(message)s",
+        stream=sys.stderr,
+    )
     try:
         code: int = args.handler(args)
     except ConfigError as error:

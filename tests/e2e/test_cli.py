@@ -668,11 +668,6 @@ def test_an_unreachable_gateway_exits_4(closed_port: int, app_id: str) -> None:
     assert_no_secret(result.stderr, "0123456789abcdef0123456789abcdef")
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="BUG: the client's retry warnings ('Alipay call failed, retrying') reach stderr via "
-    "logging's last-resort handler: the CLI configures no logging",
-)
 def test_an_unreachable_gateway_prints_exactly_one_line(closed_port: int, app_id: str) -> None:
     result = _call_closed_port(closed_port, app_id)
     assert result.returncode == EXIT_TRANSPORT
@@ -741,11 +736,6 @@ def test_a_garbage_key_file_exits_2_naming_the_parameter_and_not_the_key(
     assert_no_key_material(result.stderr, key_file)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="BUG: a non-UTF-8 key file raises UnicodeDecodeError from Path.read_text, which the "
-    "CLI does not catch: a traceback and exit 1 instead of a configuration error (exit 2)",
-)
 @pytest.mark.parametrize("command", ["api", "simulator"])
 def test_a_binary_key_file_exits_2_in_one_line(
     tmp_path: Path, app_id: str, closed_port: int, command: str

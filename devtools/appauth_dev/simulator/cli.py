@@ -54,8 +54,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
 
 
-def _read(path: Path | None) -> str | None:
-    return None if path is None else path.read_text(encoding="utf-8")
+def _read(path: Path | None) -> bytes | None:
+    # Bytes: the layer's loaders judge the content, so a binary file is a ConfigError, not a crash.
+    return None if path is None else path.read_bytes()
 
 
 def build_config(args: argparse.Namespace) -> SimulatorConfig:
@@ -66,7 +67,7 @@ def build_config(args: argparse.Namespace) -> SimulatorConfig:
     return SimulatorConfig.from_material(
         args.app_id,
         _read(args.app_public_key),
-        args.alipay_private_key.read_text(encoding="utf-8"),
+        args.alipay_private_key.read_bytes(),
         alipay_cert=_read(args.alipay_cert),
         app_cert=_read(args.app_cert),
         alipay_root_cert=_read(args.alipay_root_cert),
