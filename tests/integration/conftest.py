@@ -1,0 +1,115 @@
+"""The local AWS for integration tests: moto's server on loopback and the stack from template.yaml.
+
+- ``moto_endpoint`` (session): one ThreadedMotoServer on 127.0.0.1, a free port.
+- ``aws_env`` (function): points boto3 at it with fake credentials (never a real account) and
+  resets moto's state, so every test starts from nothing.
+- ``local_stack`` (function): the template's tables, KMS keys and queue, the SSM secrets of the
+  test vectors' ISV app, and the functions' environment applied to ``os.environ``.
+"""
+
+from __future__ import annotations
+
+import secrets
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import boto3
+import pytest
+import requests
+from aws_lambda_powertools.utilities import parameters
+
+from appauth_dev.stack import (
+    DEFAULT_TEMPLATE,
+    LocalStack,
+    create_local_stack,
+    put_secrets,
+    start_moto_server,
+)
+from tests.conftest import read_vector_file
+
+if TYPE_CHECKING:
+    from mypy_boto3_ssm import SSMClient
+
+REGION = "us-east-1"
+SSM_PREFIX = "/appauth/test"
+
+
+@dataclass(frozen=True)
+class LocalStackEnv:
+    """What ``local_stack`` yields: the stack, the environment it set, and the secrets it wrote."""
+
+    stack: LocalStack
+    env: dict[str, str]
+    endpoint_url: str
+    ssm_prefix: str
+    app_id: str
+    state_secret: str
+    parameter_names: list[str]
+
+
+@pytest.fixture(scope="session")
+def moto_endpoint() -> Iterator[str]:
+    server, url = start_moto_server()
+    try:
+        yield url
+    finally:
+        server.stop()
+
+
+@pytest.fixture
+def aws_env(moto_endpoint: str, monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> str:
+    """boto3 -> moto with fake credentials; a clean moto for this test. Returns the endpoint."""
+    for name in (
+        "AWS_SESSION_TOKEN",
+        "AWS_SECURITY_TOKEN",
+        "AWS_PROFILE",
+        "AWS_DEFAULT_PROFILE",
+        "AWS_ROLE_ARN",
+        "AWS_WEB_IDENTITY_TOKEN_FILE",
+        "AWS_CONTAINER_CREDENTIALS_FULL_URI",
+        "AWS_CONTAINER_CREDENTIALS_RELATIVE_URI",
+    ):
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setenv("AWS_ENDPOINT_URL", moto_endpoint)
+    monkeypatch.setenv("AWS_DEFAULT_REGION", REGION)
+    monkeypatch.setenv("AWS_REGION", REGION)
+    monkeypatch.setenv("AWS_ACCESS_KEY_ID", "testing")
+    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "testing")
+    # No shared config or credentials file can leak a real profile or endpoint in.
+    monkeypatch.setenv("AWS_CONFIG_FILE", str(tmp_path / "aws-config-absent"))
+    monkeypatch.setenv("AWS_SHARED_CREDENTIALS_FILE", str(tmp_path / "aws-credentials-absent"))
+    requests.post(f"{moto_endpoint}/moto-api/reset", timeout=10).raise_for_status()
+    parameters.clear_caches()  # type: ignore[no-untyped-call]  # Powertools caches values per process
+    return moto_endpoint
+
+
+@pytest.fixture
+def local_stack(
+    aws_env: str, vectors: dict[str, Any], monkeypatch: pytest.MonkeyPatch
+) -> Iterator[LocalStackEnv]:
+    stack = create_local_stack(template=DEFAULT_TEMPLATE, region=REGION, endpoint_url=aws_env)
+    keys = vectors["keys"]
+    state_secret = secrets.token_urlsafe(32)
+    ssm: SSMClient = boto3.client("ssm", region_name=REGION, endpoint_url=aws_env)
+    names = put_secrets(
+        ssm,
+        SSM_PREFIX,
+        app_private_key=read_vector_file(keys["app_private"]),
+        alipay_public_key=read_vector_file(keys["alipay_public"]),
+        state_secret=state_secret,
+    )
+    env = stack.environment(SSM_PREFIX, vectors["app_id"])
+    for name, value in env.items():
+        monkeypatch.setenv(name, value)
+    yield LocalStackEnv(
+        stack=stack,
+        env=env,
+        endpoint_url=aws_env,
+        ssm_prefix=SSM_PREFIX,
+        app_id=vectors["app_id"],
+        state_secret=state_secret,
+        parameter_names=names,
+    )
+    parameters.clear_caches()  # type: ignore[no-untyped-call]

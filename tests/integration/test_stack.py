@@ -1,0 +1,364 @@
+"""The local stack is built from template.yaml, and only from it.
+
+These tests compare what moto holds with what the template declares, prove that a change to the
+template changes the tables (there is no second definition), and that the functions' environment
+and secrets are what the deployed stack gives them.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import boto3
+import pytest
+
+from appauth_dev.stack import (
+    DEFAULT_TEMPLATE,
+    SECRET_NAMES,
+    TemplateError,
+    create_local_stack,
+    environment_names,
+    load_template,
+    put_secrets,
+)
+from tests.conftest import read_vector_file
+from tests.integration.conftest import REGION, LocalStackEnv
+
+if TYPE_CHECKING:
+    from mypy_boto3_dynamodb import DynamoDBClient
+
+TEMPLATE = load_template(DEFAULT_TEMPLATE)
+
+
+def _dynamodb(endpoint: str) -> DynamoDBClient:
+    client: DynamoDBClient = boto3.client("dynamodb", region_name=REGION, endpoint_url=endpoint)
+    return client
+
+
+def _tables(template: dict[str, Any]) -> dict[str, dict[str, Any]]:
+    return {
+        logical_id: resource["Properties"]
+        for logical_id, resource in template["Resources"].items()
+        if resource["Type"] == "AWS::DynamoDB::Table"
+    }
+
+
+def _write(template: dict[str, Any], tmp_path: Path) -> Path:
+    # The long (JSON) form is valid YAML: this also exercises the loader on it.
+    path = tmp_path / "template.json"
+    path.write_text(json.dumps(template), encoding="utf-8")
+    return path
+
+
+def _gsis(description: dict[str, Any]) -> dict[str, tuple[Any, Any]]:
+    return {
+        gsi["IndexName"]: (gsi["KeySchema"], gsi["Projection"])
+        for gsi in description.get("GlobalSecondaryIndexes", [])
+    }
+
+
+def test_every_template_table_exists_in_moto_exactly_as_declared(local_stack: LocalStackEnv):
+    dynamodb = _dynamodb(local_stack.endpoint_url)
+    table_key_arn = local_stack.stack.table_key_id
+    declared = _tables(TEMPLATE)
+    assert set(declared) == {"TokensTable", "IdempotencyTable"}
+    for logical_id, props in declared.items():
+        name = local_stack.stack.resources[logical_id]
+        assert name == f"appauth-local-{logical_id}"
+        table = dynamodb.describe_table(TableName=name)["Table"]
+        assert table["KeySchema"] == props["KeySchema"]
+        assert sorted(table["AttributeDefinitions"], key=lambda d: d["AttributeName"]) == sorted(
+            props["AttributeDefinitions"], key=lambda d: d["AttributeName"]
+        )
+        assert _gsis(dict(table)) == {
+            gsi["IndexName"]: (gsi["KeySchema"], gsi["Projection"])
+            for gsi in props.get("GlobalSecondaryIndexes", [])
+        }
+        assert table["BillingModeSummary"]["BillingMode"] == props["BillingMode"]
+        assert table["DeletionProtectionEnabled"] is True
+        assert table["SSEDescription"]["SSEType"] == "KMS"
+        assert table["SSEDescription"]["KMSMasterKeyArn"] == table_key_arn
+        ttl = dynamodb.describe_time_to_live(TableName=name)["TimeToLiveDescription"]
+        assert ttl["TimeToLiveStatus"] == "ENABLED"
+        assert ttl["AttributeName"] == props["TimeToLiveSpecification"]["AttributeName"]
+        backups = dynamodb.describe_continuous_backups(TableName=name)
+        pitr = backups["ContinuousBackupsDescription"]["PointInTimeRecoveryDescription"]
+        assert pitr["PointInTimeRecoveryStatus"] == "ENABLED"
+
+
+def test_tokens_table_has_the_sparse_due_index_and_ttls(local_stack: LocalStackEnv):
+    """What the token store relies on, spelled out (not only compared with the template)."""
+    dynamodb = _dynamodb(local_stack.endpoint_url)
+    tokens = dynamodb.describe_table(TableName=local_stack.stack.tokens_table)["Table"]
+    assert tokens["KeySchema"] == [
+        {"AttributeName": "pk", "KeyType": "HASH"},
+        {"AttributeName": "sk", "KeyType": "RANGE"},
+    ]
+    assert _gsis(dict(tokens)) == {
+        "due": (
+            [
+                {"AttributeName": "due_shard", "KeyType": "HASH"},
+                {"AttributeName": "next_refresh_at", "KeyType": "RANGE"},
+            ],
+            {"ProjectionType": "INCLUDE", "NonKeyAttributes": ["auth_app_id", "version", "status"]},
+        )
+    }
+    types = {d["AttributeName"]: d["AttributeType"] for d in tokens["AttributeDefinitions"]}
+    assert types == {"pk": "S", "sk": "S", "due_shard": "S", "next_refresh_at": "N"}
+    ttl = dynamodb.describe_time_to_live(TableName=local_stack.stack.tokens_table)
+    assert ttl["TimeToLiveDescription"]["AttributeName"] == "ttl"
+    idempotency = local_stack.stack.idempotency_table
+    assert dynamodb.describe_table(TableName=idempotency)["Table"]["KeySchema"] == [
+        {"AttributeName": "id", "KeyType": "HASH"}
+    ]
+    ttl = dynamodb.describe_time_to_live(TableName=idempotency)
+    assert ttl["TimeToLiveDescription"]["AttributeName"] == "expiration"
+
+
+def test_keys_aliases_and_queue_follow_the_template(local_stack: LocalStackEnv):
+    kms = boto3.client("kms", region_name=REGION, endpoint_url=local_stack.endpoint_url)
+    sqs = boto3.client("sqs", region_name=REGION, endpoint_url=local_stack.endpoint_url)
+    stack = local_stack.stack
+    for key in (stack.token_key_id, stack.table_key_id):
+        assert kms.get_key_rotation_status(KeyId=key)["KeyRotationEnabled"] is True
+        policy = json.loads(kms.get_key_policy(KeyId=key, PolicyName="default")["Policy"])
+        assert policy["Statement"][0]["Principal"] == {"AWS": "arn:aws:iam::123456789012:root"}
+    aliases = {a["AliasName"]: a.get("TargetKeyId") for a in kms.list_aliases()["Aliases"]}
+    assert stack.token_key_id.endswith(str(aliases["alias/appauth-local-tokens"]))
+    assert stack.table_key_id.endswith(str(aliases["alias/appauth-local-tables"]))
+    attributes = sqs.get_queue_attributes(QueueUrl=stack.parked_queue_url, AttributeNames=["All"])
+    assert attributes["Attributes"]["MessageRetentionPeriod"] == "1209600"
+    assert attributes["Attributes"]["SqsManagedSseEnabled"] == "true"
+
+
+def test_changing_the_template_changes_the_tables(aws_env: str, tmp_path: Path):
+    """There is no second definition: a GSI and a TTL change made in the template show up."""
+    changed = load_template(DEFAULT_TEMPLATE)
+    tokens = changed["Resources"]["TokensTable"]["Properties"]
+    tokens["AttributeDefinitions"].append({"AttributeName": "user_id", "AttributeType": "S"})
+    tokens["GlobalSecondaryIndexes"].append(
+        {
+            "IndexName": "by_user",
+            "KeySchema": [{"AttributeName": "user_id", "KeyType": "HASH"}],
+            "Projection": {"ProjectionType": "KEYS_ONLY"},
+        }
+    )
+    tokens["TimeToLiveSpecification"]["AttributeName"] = "expires_at"
+    stack = create_local_stack(template=_write(changed, tmp_path), endpoint_url=aws_env)
+    dynamodb = _dynamodb(aws_env)
+    table = dynamodb.describe_table(TableName=stack.tokens_table)["Table"]
+    gsis = _gsis(dict(table))
+    assert set(gsis) == {"due", "by_user"}
+    assert gsis["by_user"] == (
+        [{"AttributeName": "user_id", "KeyType": "HASH"}],
+        {"ProjectionType": "KEYS_ONLY"},
+    )
+    ttl = dynamodb.describe_time_to_live(TableName=stack.tokens_table)
+    assert ttl["TimeToLiveDescription"]["AttributeName"] == "expires_at"
+
+
+def test_a_new_table_in_the_template_is_created_under_the_stack_name(aws_env: str, tmp_path: Path):
+    changed = load_template(DEFAULT_TEMPLATE)
+    changed["Resources"]["AuditTable"] = {
+        "Type": "AWS::DynamoDB::Table",
+        "Properties": {
+            "BillingMode": "PAY_PER_REQUEST",
+            "AttributeDefinitions": [{"AttributeName": "id", "AttributeType": "S"}],
+            "KeySchema": [{"AttributeName": "id", "KeyType": "HASH"}],
+            "SSESpecification": {
+                "SSEEnabled": True,
+                "SSEType": "KMS",
+                "KMSMasterKeyId": {"Fn::GetAtt": ["TableKey", "Arn"]},
+            },
+        },
+    }
+    stack = create_local_stack(
+        template=_write(changed, tmp_path), endpoint_url=aws_env, stack_name="other"
+    )
+    assert stack.resources["AuditTable"] == "other-AuditTable"
+    names = _dynamodb(aws_env).list_tables()["TableNames"]
+    assert sorted(names) == ["other-AuditTable", "other-IdempotencyTable", "other-TokensTable"]
+
+
+@pytest.mark.parametrize(
+    ("path", "extra"),
+    [
+        pytest.param((), {"ContributorInsightsSpecification": {"Enabled": True}}, id="table"),
+        pytest.param(
+            ("GlobalSecondaryIndexes", 0),
+            {"OnDemandThroughput": {"MaxReadRequestUnits": 10}},
+            id="gsi",
+        ),
+        pytest.param(("SSESpecification",), {"SSEKmsKeyRotation": True}, id="sse"),
+    ],
+)
+def test_a_property_the_builder_cannot_translate_is_a_clear_error(
+    aws_env: str, tmp_path: Path, path: tuple[Any, ...], extra: dict[str, Any]
+):
+    changed = load_template(DEFAULT_TEMPLATE)
+    target: Any = changed["Resources"]["TokensTable"]["Properties"]
+    for step in path:
+        target = target[step]
+    target.update(extra)
+    (unknown,) = extra
+    with pytest.raises(TemplateError, match=rf"TokensTable.*cannot translate {unknown}"):
+        create_local_stack(template=_write(changed, tmp_path), endpoint_url=aws_env)
+    # Checked before anything was created: nothing half-built is left behind.
+    assert _dynamodb(aws_env).list_tables()["TableNames"] == []
+    kms = boto3.client("kms", region_name=REGION, endpoint_url=aws_env)
+    assert [a for a in kms.list_aliases()["Aliases"] if "appauth-local" in a["AliasName"]] == []
+
+
+def test_environment_names_are_the_templates(local_stack: LocalStackEnv):
+    declared = TEMPLATE["Globals"]["Function"]["Environment"]["Variables"]
+    assert list(local_stack.env) == list(declared) == environment_names(TEMPLATE)
+    for function in ("CallbackFunction", "RefreshFunction", "TokenQueryFunction"):
+        assert set(environment_names(TEMPLATE, function)) == set(declared)
+    assert {name: os.environ[name] for name in declared} == local_stack.env
+    stack = local_stack.stack
+    assert local_stack.env == {
+        "APP_ID": local_stack.app_id,
+        "ALIPAY_ENV": "sandbox",
+        "ALIPAY_GATEWAY_URL": "",
+        "ALIPAY_V3_URL": "",
+        "ALIPAY_AUTH_URL": "",
+        "ALIPAY_PROTOCOL": "v2",
+        "SSM_PREFIX": "/appauth/test",
+        "SIGNING_MODE": "key",
+        "TOKENS_TABLE": stack.tokens_table,
+        "IDEMPOTENCY_TABLE": stack.idempotency_table,
+        "TOKEN_KEY_ID": stack.token_key_id,
+        "PARKED_QUEUE_URL": stack.parked_queue_url,
+        "CALLBACK_URL": "",
+        "REFRESH_AHEAD_DAYS": "30",
+        "REFRESH_HYGIENE_DAYS": "90",
+        "POWERTOOLS_SERVICE_NAME": "appauth",
+        "POWERTOOLS_METRICS_NAMESPACE": "AlipayAppAuth",
+        "POWERTOOLS_PARAMETERS_MAX_AGE": "300",
+        "POWERTOOLS_LOG_LEVEL": "INFO",
+    }
+
+
+def test_the_layer_accepts_the_environment_the_template_gives(local_stack: LocalStackEnv):
+    from appauth.config import Settings  # noqa: PLC0415 - the layer's reader of these names
+
+    settings = Settings.from_env()
+    assert settings.tokens_table == local_stack.stack.tokens_table
+    assert settings.token_key_id == local_stack.stack.token_key_id
+    assert settings.ssm_prefix == local_stack.ssm_prefix
+    assert settings.callback_url is None  # "" in the template = derived from the request
+
+
+def test_environment_takes_template_parameters_and_enforces_allowed_values(
+    local_stack: LocalStackEnv,
+):
+    stack = local_stack.stack
+    env = stack.environment(
+        "/x",
+        "2021000100000001",
+        "cert",
+        AlipayGatewayUrl="http://127.0.0.1:8700/gateway.do",
+        AlipayProtocol="v3",
+        RefreshAheadDays="7",
+    )
+    assert env["ALIPAY_GATEWAY_URL"] == "http://127.0.0.1:8700/gateway.do"
+    assert (env["SIGNING_MODE"], env["ALIPAY_PROTOCOL"], env["SSM_PREFIX"]) == ("cert", "v3", "/x")
+    assert env["REFRESH_AHEAD_DAYS"] == "7"
+    with pytest.raises(TemplateError, match="SigningMode"):
+        stack.environment("/x", "1", "pem")
+    with pytest.raises(TemplateError, match="no parameter Nope"):
+        stack.environment("/x", "1", Nope="1")
+
+
+def test_put_secrets_writes_decryptable_securestrings(aws_env: str, vectors: dict[str, Any]):
+    ssm = boto3.client("ssm", region_name=REGION, endpoint_url=aws_env)
+    private_key = read_vector_file(vectors["keys"]["app_private"])
+    big_cert = "-----BEGIN CERTIFICATE-----\n" + "A" * 5000 + "\n-----END CERTIFICATE-----\n"
+    names = put_secrets(
+        ssm,
+        "/appauth/cert",
+        app_private_key=private_key,
+        app_cert="app-cert",
+        alipay_cert="alipay-cert",
+        alipay_root_cert=big_cert,
+        encrypt_key="aes-key",
+        state_secret="state",
+    )
+    expected = {
+        "app-private-key": private_key,
+        "app-cert": "app-cert",
+        "alipay-cert": "alipay-cert",
+        "alipay-root-cert": big_cert,
+        "encrypt-key": "aes-key",
+        "state-secret": "state",
+    }
+    assert names == [f"/appauth/cert/{name}" for name in expected]
+    stored = ssm.get_parameters_by_path(Path="/appauth/cert", WithDecryption=True)["Parameters"]
+    assert {p["Name"].rsplit("/", 1)[1]: p["Value"] for p in stored} == expected
+    assert {p["Type"] for p in stored} == {"SecureString"}
+    tiers = {
+        p["Name"].rsplit("/", 1)[1]: p.get("Tier") for p in ssm.describe_parameters()["Parameters"]
+    }
+    assert tiers["alipay-root-cert"] == "Advanced"
+    assert tiers["app-private-key"] == "Standard"
+    assert set(SECRET_NAMES.values()) - set(expected) == {"alipay-public-key"}
+
+
+def test_local_stack_secrets_are_the_vector_keys(local_stack: LocalStackEnv, vectors):
+    ssm = boto3.client("ssm", region_name=REGION, endpoint_url=local_stack.endpoint_url)
+    keys = vectors["keys"]
+    values = {
+        p["Name"]: p["Value"]
+        for p in ssm.get_parameters(Names=local_stack.parameter_names, WithDecryption=True)[
+            "Parameters"
+        ]
+    }
+    assert values == {
+        "/appauth/test/app-private-key": read_vector_file(keys["app_private"]),
+        "/appauth/test/alipay-public-key": read_vector_file(keys["alipay_public"]),
+        "/appauth/test/state-secret": local_stack.state_secret,
+    }
+
+
+def test_refuses_to_run_without_a_local_endpoint(monkeypatch: pytest.MonkeyPatch):
+    monkeypatch.delenv("AWS_ENDPOINT_URL", raising=False)
+    with pytest.raises(TemplateError, match="refusing"):
+        create_local_stack()
+
+
+def test_loader_understands_cloudformation_short_tags(tmp_path: Path):
+    path = tmp_path / "t.yaml"
+    path.write_text(
+        """
+Conditions:
+  IsProd: !Equals [!Ref Env, production]
+  NotProd: !Not [!Condition IsProd]
+Resources:
+  R:
+    Type: X
+    Properties:
+      A: !GetAtt Key.Arn
+      B: !Sub "arn:${AWS::Partition}:x:${Key.Arn}"
+      C: !Sub ["${a}-${!literal}", {a: !Ref Env}]
+      D: !If [IsProd, !Join ["-", [a, b]], !Select [1, !Split [",", "x,y"]]]
+      E: !FindInMap [M, !Ref Env, k]
+""",
+        encoding="utf-8",
+    )
+    template = load_template(path)
+    props = template["Resources"]["R"]["Properties"]
+    assert props["A"] == {"Fn::GetAtt": ["Key", "Arn"]}
+    assert props["B"] == {"Fn::Sub": "arn:${AWS::Partition}:x:${Key.Arn}"}
+    assert props["C"] == {"Fn::Sub": ["${a}-${!literal}", {"a": {"Ref": "Env"}}]}
+    assert props["D"] == {
+        "Fn::If": [
+            "IsProd",
+            {"Fn::Join": ["-", ["a", "b"]]},
+            {"Fn::Select": [1, {"Fn::Split": [",", "x,y"]}]},
+        ]
+    }
+    assert template["Conditions"]["NotProd"] == {"Fn::Not": [{"Condition": "IsProd"}]}
+    assert props["E"] == {"Fn::FindInMap": ["M", {"Ref": "Env"}, "k"]}
