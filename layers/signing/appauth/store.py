@@ -27,7 +27,7 @@ from typing import TYPE_CHECKING, Any
 from appauth.envelope import SealedTokens, TokenCipher
 from appauth.errors import StateReplayedError
 from appauth.models import TokenGrant
-from appauth.policy import RefreshPolicy, due_shard
+from appauth.policy import DUE_SHARDS, RefreshPolicy, due_shard
 from appauth.state import AuthState
 
 if TYPE_CHECKING:
@@ -38,6 +38,7 @@ STATUS_GRANTED = "granted"
 STATUS_NEEDS_REAUTH = "needs_reauth"
 STATUS_REVOKED = "revoked"
 AUTH_SK = "AUTH"
+DUE_INDEX = "due"
 STATE_SK = "STATE"
 STATE_TTL_SLACK = timedelta(days=1)
 
@@ -151,7 +152,7 @@ class TokenStore:
             "updated_at = :now",
             "token_source = :source",
         ]
-        removes = ["reauth_reason", "revoked_at"]
+        removes = ["reauth_reason", "revoked_at", "lease_until", "lease_owner", "refresh_failures"]
         optional: dict[str, AttributeMap | None] = {
             "user_id": {"S": grant.user_id} if grant.user_id else None,
             "merchant_ref": {"S": merchant_ref} if merchant_ref else None,
@@ -231,6 +232,77 @@ class TokenStore:
                 return False
             raise
         return True
+
+    # --- refresh scheduling ----------------------------------------------------------------
+
+    def due(self, now: datetime, *, limit: int) -> list[tuple[str, int]]:
+        """(auth_app_id, version) of granted items due by ``now``: a Query per shard of the sparse index."""
+        found: list[tuple[str, int]] = []
+        for shard in range(DUE_SHARDS):
+            paginator = self._db.get_paginator("query")
+            pages = paginator.paginate(
+                TableName=self._table,
+                IndexName=DUE_INDEX,
+                KeyConditionExpression="due_shard = :shard AND next_refresh_at <= :now",
+                ExpressionAttributeValues={":shard": {"S": str(shard)}, ":now": {"N": _epoch(now)}},
+            )
+            for page in pages:
+                for item in page.get("Items", []):
+                    found.append((item["auth_app_id"]["S"], int(item["version"]["N"])))
+                    if len(found) >= limit:
+                        return found
+        return found
+
+    def acquire_lease(
+        self, auth_app_id: str, *, version: int, now: datetime, seconds: int, owner: str
+    ) -> bool:
+        """Claim a merchant for one refresh; False if another runner holds it or the item moved on."""
+        try:
+            self._db.update_item(
+                TableName=self._table,
+                Key={"pk": {"S": app_pk(auth_app_id)}, "sk": {"S": AUTH_SK}},
+                UpdateExpression="SET lease_until = :until, lease_owner = :owner",
+                ConditionExpression="version = :version AND #status = :granted "
+                "AND (attribute_not_exists(lease_until) OR lease_until < :now)",
+                ExpressionAttributeNames={"#status": "status"},
+                ExpressionAttributeValues={
+                    ":until": {"N": _epoch(now + timedelta(seconds=seconds))},
+                    ":owner": {"S": owner},
+                    ":version": {"N": str(version)},
+                    ":granted": {"S": STATUS_GRANTED},
+                    ":now": {"N": _epoch(now)},
+                },
+            )
+        except self._db.exceptions.ConditionalCheckFailedException:
+            return False
+        return True
+
+    def defer_refresh(
+        self, auth_app_id: str, *, version: int, until: datetime, reason: str
+    ) -> None:
+        """Push a failed refresh back (and release the lease); counts consecutive failures."""
+        now = self._clock()
+        update: UpdateTypeDef = {
+            "TableName": self._table,
+            "Key": {"pk": {"S": app_pk(auth_app_id)}, "sk": {"S": AUTH_SK}},
+            "UpdateExpression": "SET next_refresh_at = :until, updated_at = :now, "
+            "refresh_failures = if_not_exists(refresh_failures, :zero) + :one REMOVE lease_until, lease_owner",
+            "ConditionExpression": "version = :version",
+            "ExpressionAttributeValues": {
+                ":until": {"N": _epoch(until)},
+                ":now": {"S": _iso(now)},
+                ":zero": {"N": "0"},
+                ":one": {"N": "1"},
+                ":version": {"N": str(version)},
+            },
+        }
+        event = self._event_item(
+            auth_app_id, "refresh_deferred", {"reason": reason, "until": _iso(until)}, now
+        )
+        try:
+            self._db.transact_write_items(TransactItems=[{"Update": update}, {"Put": event}])
+        except self._db.exceptions.TransactionCanceledException:
+            return  # the item moved on (re-authorized, revoked): nothing to defer
 
     # --- audit -----------------------------------------------------------------------------
 
