@@ -7,7 +7,7 @@ import requests
 from urllib3.exceptions import MaxRetryError, NewConnectionError, ProtocolError
 
 from appauth.client import PRODUCTION, SANDBOX, Endpoints, RetryPolicy, _never_sent
-from appauth.errors import ConfigError
+from appauth.errors import ConfigError, OutcomeUnknownError, TransportError
 
 
 def test_environments_choose_hosts_and_every_host_can_be_overridden():
@@ -54,3 +54,8 @@ def test_dropped_connection_may_have_been_sent():
     dropped = ProtocolError("Connection aborted.", ConnectionResetError())
     assert not _never_sent(_connection_error(dropped))
     assert not _never_sent(requests.ConnectionError("reset"))
+
+
+def test_outcome_unknown_is_never_taken_for_retry_freely():
+    assert TransportError("x").transient
+    assert not OutcomeUnknownError("x").transient

@@ -173,12 +173,14 @@ class AlipayClient:
     def exchange_code(self, app_auth_code: str) -> TokenResponse:
         """``grant_type=authorization_code``. Never retried once it may have reached Alipay."""
         body = {"grant_type": "authorization_code", "code": app_auth_code}
-        return parse_token_response(self._token_call(body), self._clock())
+        sent_at = self._clock()  # lifetimes count from before the request: the safe bound
+        return parse_token_response(self._token_call(body), sent_at)
 
     def refresh(self, app_refresh_token: str) -> TokenResponse:
         """``grant_type=refresh_token``. Never retried once it may have reached Alipay."""
         body = {"grant_type": "refresh_token", "refresh_token": app_refresh_token}
-        return parse_token_response(self._token_call(body), self._clock())
+        sent_at = self._clock()
+        return parse_token_response(self._token_call(body), sent_at)
 
     def query_authorization(self, app_auth_token: str) -> AuthorizationInfo:
         """``alipay.open.auth.token.app.query``: read-only, so transient failures are retried."""

@@ -43,6 +43,11 @@ class OutcomeUnknownError(TransportError):
     rotated the pair already. Reconcile (query the token) or retry with the same inputs later.
     """
 
+    @property
+    def transient(self) -> bool:
+        # Not "retry freely": a resend could act twice. Callers must reconcile instead.
+        return False
+
 
 class AlipayError(AppAuthError):
     """Alipay answered with an error (v2 ``code != 10000`` or a v3 4xx/5xx body)."""
