@@ -13,6 +13,9 @@ from appauth.credentials import AppCredentials
 
 VECTORS_DIR = Path(__file__).parent / "vectors"
 
+# The Alipay simulator's fixtures (``simulator``, ``cert_simulator``, ``aes_simulator``, ...).
+pytest_plugins = ["tests.simulator_fixtures"]
+
 
 def read_vector_file(relative: str) -> str:
     return (VECTORS_DIR / relative).read_text(encoding="utf-8")

@@ -20,6 +20,8 @@ import pytest
 import requests
 from aws_lambda_powertools.utilities import parameters
 
+from appauth.runtime import reset_runtime
+from appauth_dev.simulator import RunningSimulator
 from appauth_dev.stack import (
     DEFAULT_TEMPLATE,
     LocalStack,
@@ -82,6 +84,7 @@ def aws_env(moto_endpoint: str, monkeypatch: pytest.MonkeyPatch, tmp_path: Path)
     monkeypatch.setenv("AWS_SHARED_CREDENTIALS_FILE", str(tmp_path / "aws-credentials-absent"))
     requests.post(f"{moto_endpoint}/moto-api/reset", timeout=10).raise_for_status()
     parameters.clear_caches()  # type: ignore[no-untyped-call]  # Powertools caches values per process
+    reset_runtime()  # boto3 clients, settings and credentials cached by an earlier test
     return moto_endpoint
 
 
@@ -113,3 +116,33 @@ def local_stack(
         parameter_names=names,
     )
     parameters.clear_caches()  # type: ignore[no-untyped-call]
+
+
+@dataclass(frozen=True)
+class ServiceStack:
+    """The whole service locally: the stack on moto, its secrets, and Alipay played by the simulator."""
+
+    aws: LocalStackEnv
+    simulator: RunningSimulator
+
+
+@pytest.fixture
+def service(
+    local_stack: LocalStackEnv, simulator: RunningSimulator, monkeypatch: pytest.MonkeyPatch
+) -> Iterator[ServiceStack]:
+    """Functions configured exactly as the template configures them, with Alipay's hosts pointed at
+    the simulator; every cached client, setting and secret is rebuilt for this test."""
+    overrides = local_stack.stack.environment(
+        local_stack.ssm_prefix,
+        local_stack.app_id,
+        AlipayGatewayUrl=simulator.gateway_url,
+        AlipayV3Url=simulator.url,
+        AlipayAuthUrl=simulator.url,
+    )
+    for name, value in overrides.items():
+        monkeypatch.setenv(name, value)
+    monkeypatch.setenv("POWERTOOLS_TRACE_DISABLED", "true")
+    monkeypatch.setenv("POWERTOOLS_DEV", "false")
+    reset_runtime()
+    yield ServiceStack(aws=local_stack, simulator=simulator)
+    reset_runtime()

@@ -1,4 +1,6 @@
-"""Alipay simulators for end-to-end tests: real HTTP on loopback, real signatures, real state.
+"""Simulator fixtures shared by the e2e and integration tests (a pytest plugin, see tests/conftest.py).
+
+Alipay simulators for end-to-end tests: real HTTP on loopback, real signatures, real state.
 
 Each server starts once per session; the function-scoped fixtures reset its state, faults,
 statistics and clock before every test, so tests are independent and deterministic.
