@@ -13,6 +13,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import Any
 
+import boto3
 import requests
 
 from appauth.client import AlipayClient, Endpoints, Protocol
@@ -21,6 +22,7 @@ from appauth.errors import AlipayError
 from appauth.models import TokenGrant
 from appauth.redaction import mask
 from appauth_dev.keygen import generate_private_key, private_pkcs8_pem, public_pem
+from appauth_dev.local_service import local_service
 from appauth_dev.simulator.config import SimulatorConfig
 from appauth_dev.simulator.server import RunningSimulator, start_simulator
 
@@ -113,6 +115,112 @@ def _demo_simulator() -> Iterator[tuple[RunningSimulator, AppCredentials]]:
         simulator.shutdown()
 
 
+def _service_walkthrough() -> None:
+    """Part 2: the deployed shape (template stack on moto, the three functions, the simulator)."""
+    with local_service() as service:
+        _say(
+            f"Local stack from template.yaml on moto: tables {service.stack.tokens_table}, "
+            f"{service.stack.idempotency_table}; Alipay simulator at {service.simulator.url}"
+        )
+        status, start = service.http("GET", "/alipay/authorize", {"merchant_ref": "shop-42"})
+        _check(status == 200 and "authorization_url" in start, f"start page answered {status}")
+        _say(
+            "  GET  /alipay/authorize?merchant_ref=shop-42   → 200, Alipay link + QR code, signed one-time state"
+        )
+
+        redirect = service.approve(start["authorization_url"])
+        _say(
+            f"  merchant approves on Alipay's consent page → redirect with app_auth_code={mask(redirect['app_auth_code'])}"
+        )
+        status, granted = service.http("GET", "/alipay/callback", redirect)
+        _check(
+            status == 200 and granted.get("status") == "granted",
+            f"callback answered {status}: {granted}",
+        )
+        auth_app_id = granted["auth_app_ids"][0]
+        _say(
+            f"  GET  /alipay/callback                        → 200 granted auth_app_id={auth_app_id} merchant_ref={granted['merchant_ref']}"
+        )
+
+        status, again = service.http("GET", "/alipay/callback", redirect)
+        _check(status == 200 and again == granted, "a repeated redirect must show the same result")
+        _say(
+            "  GET  /alipay/callback (same redirect again)  → 200 same result, no second exchange (idempotent)"
+        )
+
+        status, replay = service.http(
+            "GET", "/alipay/callback", {**redirect, "app_auth_code": "a" * 32}
+        )
+        _check(status == 409, f"a replayed state must be refused, got {status}")
+        _say(
+            f"  GET  /alipay/callback (state reused)         → {status} {replay['error']['reason']}"
+        )
+        forged = {**redirect, "state": redirect["state"][:-4] + "AAAA"}
+        status, refused = service.http("GET", "/alipay/callback", forged)
+        _check(status == 400, f"a forged state must be refused, got {status}")
+        _say(
+            f"  GET  /alipay/callback (forged state)         → {status} {refused['error']['reason']}"
+        )
+
+        stored = service.invoke("token_query", {"auth_app_id": auth_app_id})
+        _check(
+            stored.get("status") == "granted" and bool(stored.get("app_auth_token")),
+            f"token query: {stored}",
+        )
+        _say(
+            f"  invoke token_query {{auth_app_id}}            → granted app_auth_token={mask(stored['app_auth_token'])} version={stored['version']}"
+        )
+
+        again_start = service.http("GET", "/alipay/authorize", {"merchant_ref": "shop-42"})[1]
+        status, _ = service.http(
+            "GET",
+            "/alipay/callback",
+            service.approve(again_start["authorization_url"], auth_app_id=auth_app_id),
+        )
+        renewed = service.invoke("token_query", {"auth_app_id": auth_app_id, "consistent": True})
+        _check(
+            status == 200 and renewed["version"] == 2,
+            f"re-authorization: {status} {renewed.get('version')}",
+        )
+        _check(
+            renewed["app_auth_token"] != stored["app_auth_token"],
+            "re-authorization must store the new pair",
+        )
+        _say(
+            f"  re-authorization (token_query consistent)    → version={renewed['version']} app_auth_token={mask(renewed['app_auth_token'])}"
+        )
+
+        raw = boto3.client("dynamodb").get_item(
+            TableName=service.stack.tokens_table,
+            Key={"pk": {"S": f"APP#{auth_app_id}"}, "sk": {"S": "AUTH"}},
+        )["Item"]
+        _check(
+            renewed["app_auth_token"] not in repr(raw),
+            "the raw item must not hold the token in clear",
+        )
+        _say(
+            f"  raw DynamoDB item                            → no plaintext token; sealed under KMS key {raw['tokens']['M']['key_id']['S'].rsplit('/', 1)[-1]}"
+        )
+
+        status, batch_start = service.http(
+            "GET", "/alipay/authorize", {"batch": "1", "application_type": "TINYAPP,WEBAPP"}
+        )
+        status, batch = service.http(
+            "GET", "/alipay/callback", service.approve(batch_start["authorization_url"])
+        )
+        _check(
+            status == 200 and len(batch["auth_app_ids"]) == 2, f"batch callback: {status} {batch}"
+        )
+        _say(
+            f"  batch authorization (TINYAPP,WEBAPP)         → 200 granted {len(batch['auth_app_ids'])} merchant apps"
+        )
+
+        report = service.invoke("refresh", {"source": "appauth.schedule"})
+        _say(
+            f"  invoke refresh (schedule)                    → due={report['due']} refreshed={report['refreshed']} (fresh pairs are not due)"
+        )
+
+
 def run_demo() -> int:
     _say("appauth demo: the token lifecycle against the local Alipay simulator (no AWS, no Alipay)")
     with _demo_simulator() as (simulator, credentials):
@@ -133,5 +241,15 @@ def run_demo() -> int:
         stats = requests.get(f"{simulator.url}/simulator/stats", timeout=5)
         if stats.ok:
             _say(f"simulator saw: {json.dumps(stats.json(), ensure_ascii=False, sort_keys=True)}")
+    _say()
+    _say(
+        "── the service: template.yaml's stack on moto, the three functions invoked as Lambda would"
+    )
+    try:
+        _service_walkthrough()
+    except (DemoFailedError, AlipayError) as error:
+        print(f"demo FAILED: {error}", file=sys.stderr)
+        return 1
+    _say()
     _say("demo OK")
     return 0

@@ -1,6 +1,7 @@
 """Token query function: other Lambdas invoke it directly for a merchant's current token.
 
-Event: ``{"auth_app_id": "2021..."}``. Answer: ``{"auth_app_id", "found", "status",
+Event: ``{"auth_app_id": "2021...", "consistent": false}`` (``consistent`` skips the
+short cache and reads the latest write). Answer: ``{"auth_app_id", "found", "status",
 "app_auth_token" (only while granted), "user_id", "version", "expires_at", "re_expires_at"}``
 or ``{"error": {"reason", "message"}}``. Never exposed over HTTP.
 """
@@ -31,7 +32,9 @@ def lambda_handler(event: Any, context: LambdaContext) -> dict[str, Any]:
     try:
         query = TokenQuery.from_event(event)
         result = cache.get_or_load(
-            query.auth_app_id, lambda app: lookup_token(runtime().store, app)
+            query.auth_app_id,
+            lambda app: lookup_token(runtime().store, app, consistent=query.consistent),
+            fresh=query.consistent,
         )
     except RequestError as error:
         logger.warning("Token query refused", extra={"reason": error.reason})

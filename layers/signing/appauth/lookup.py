@@ -22,7 +22,11 @@ AUTH_APP_ID_PATTERN = re.compile(r"^[0-9]{1,32}$")
 
 @dataclass(frozen=True)
 class TokenQuery:
+    """``consistent`` skips the cache and reads the latest write: for a caller Alipay just told
+    that its token is invalid, or that knows the merchant re-authorized a moment ago."""
+
     auth_app_id: str
+    consistent: bool = False
 
     @classmethod
     def from_event(cls, event: Any) -> TokenQuery:
@@ -33,7 +37,10 @@ class TokenQuery:
         auth_app_id = event.get("auth_app_id")
         if not isinstance(auth_app_id, str) or not AUTH_APP_ID_PATTERN.match(auth_app_id):
             raise InvalidRequestError("auth_app_id must be the merchant app's numeric id")
-        return cls(auth_app_id)
+        consistent = event.get("consistent", False)
+        if not isinstance(consistent, bool):
+            raise InvalidRequestError("consistent must be true or false")
+        return cls(auth_app_id, consistent)
 
 
 @dataclass(frozen=True)
@@ -64,8 +71,8 @@ class TokenLookup:
         }
 
 
-def lookup_token(store: TokenStore, auth_app_id: str) -> TokenLookup:
-    stored = store.get(auth_app_id, consistent=False)
+def lookup_token(store: TokenStore, auth_app_id: str, *, consistent: bool = False) -> TokenLookup:
+    stored = store.get(auth_app_id, consistent=consistent)
     if stored is None:
         return TokenLookup(auth_app_id, found=False)
     token = store.open_tokens(stored)[0] if stored.status == STATUS_GRANTED else None
@@ -96,17 +103,20 @@ class LookupCache:
         self._items: dict[str, tuple[float, TokenLookup]] = {}
         self._lock = threading.Lock()
 
-    def get_or_load(self, auth_app_id: str, load: Callable[[str], TokenLookup]) -> TokenLookup:
+    def get_or_load(
+        self, auth_app_id: str, load: Callable[[str], TokenLookup], *, fresh: bool = False
+    ) -> TokenLookup:
+        """The cached look-up, or ``load``'s (always ``load``'s when ``fresh``)."""
         now = self._monotonic()
         with self._lock:
             hit = self._items.get(auth_app_id)
-        if hit is not None and now - hit[0] < self._max_age:
+        if hit is not None and not fresh and now - hit[0] < self._max_age:
             return hit[1]
         result = load(auth_app_id)
         if not (result.found and result.status == STATUS_GRANTED):
             return result  # a merchant who just authorized must not wait for a cached miss
         with self._lock:
-            if len(self._items) >= self._max_items:
+            if auth_app_id not in self._items and len(self._items) >= self._max_items:
                 self._items.pop(next(iter(self._items)))
             self._items[auth_app_id] = (now, result)
         return result

@@ -1,0 +1,183 @@
+"""The whole service on one machine: the template's stack on moto's server, Alipay played by the
+simulator, and the three functions invoked in-process exactly as Lambda would (same handlers,
+same environment variables as the template sets). Used by ``make demo``; no AWS account.
+"""
+
+from __future__ import annotations
+
+import importlib
+import io
+import json
+import logging
+import os
+import secrets
+import sys
+import uuid
+from collections.abc import Iterator
+from contextlib import contextmanager, redirect_stdout
+from dataclasses import dataclass, field
+from types import ModuleType
+from typing import Any
+from urllib.parse import parse_qsl, urlencode, urlsplit
+
+import boto3
+import requests
+
+from appauth.runtime import reset_runtime
+from appauth_dev.keygen import generate_private_key, private_pkcs8_pem, public_pem
+from appauth_dev.simulator.config import SimulatorConfig
+from appauth_dev.simulator.server import RunningSimulator, start_simulator
+from appauth_dev.stack import (
+    DEFAULT_TEMPLATE,
+    LocalStack,
+    create_local_stack,
+    put_secrets,
+    start_moto_server,
+)
+
+REPO = DEFAULT_TEMPLATE.parent
+FUNCTIONS = {"callback": "callback_app", "refresh": "refresh_app", "token_query": "token_query_app"}
+LOCAL_APP_ID = "2021000199990001"
+SSM_PREFIX = "/appauth/local"
+REGION = "us-east-1"
+
+
+@dataclass
+class FakeContext:
+    """The attributes of Lambda's context object that Powertools reads."""
+
+    function_name: str
+    memory_limit_in_mb: int = 256
+    aws_request_id: str = field(default_factory=lambda: str(uuid.uuid4()))
+
+    @property
+    def invoked_function_arn(self) -> str:
+        return f"arn:aws:lambda:{REGION}:123456789012:function:{self.function_name}"
+
+    def get_remaining_time_in_millis(self) -> int:
+        return 30_000
+
+
+def http_event(
+    method: str, path: str, query: dict[str, str] | None = None, body: str | None = None
+) -> dict[str, Any]:
+    """An API Gateway HTTP API (payload 2.0) event, as events/*.json holds them."""
+    sample = "callback_start_page.json" if method == "GET" else "callback_notify_granted.json"
+    event: dict[str, Any] = json.loads((REPO / "events" / sample).read_text(encoding="utf-8"))
+    event["rawPath"] = path
+    event["routeKey"] = f"{method} {path}"
+    event["requestContext"]["http"].update(method=method, path=path)
+    event["requestContext"]["requestId"] = str(uuid.uuid4())
+    event["rawQueryString"] = urlencode(query or {})
+    event["queryStringParameters"] = query or None
+    event["headers"]["accept"] = "application/json"
+    if body is not None:
+        event["body"] = body
+    return event
+
+
+@dataclass
+class LocalService:
+    stack: LocalStack
+    simulator: RunningSimulator
+    modules: dict[str, ModuleType]
+
+    quiet: bool = True
+
+    def invoke(self, function: str, event: Any) -> Any:
+        module = self.modules[function]
+        context = FakeContext(function_name=f"appauth-local-{function}")
+        if not self.quiet:
+            return module.lambda_handler(event, context)
+        # Keep the functions' JSON logs and EMF metrics (stdout in Lambda) out of the demo's story.
+        with redirect_stdout(io.StringIO()):
+            return module.lambda_handler(event, context)
+
+    def http(
+        self, method: str, path: str, query: dict[str, str] | None = None, body: str | None = None
+    ) -> tuple[int, Any]:
+        response = self.invoke("callback", http_event(method, path, query, body))
+        text = response.get("body") or ""
+        try:
+            return response["statusCode"], json.loads(text)
+        except ValueError:
+            return response["statusCode"], text
+
+    def approve(self, authorization_url: str, *, auth_app_id: str | None = None) -> dict[str, str]:
+        """What a merchant does on Alipay's consent page; returns the redirect's query."""
+        parts = urlsplit(authorization_url)
+        fields = dict(parse_qsl(parts.query))
+        if parts.path.endswith("appToAppBatchAuth.htm"):
+            fields["mode"] = "batch"
+        if auth_app_id:
+            fields["auth_app_id"] = auth_app_id
+        response = requests.post(
+            f"{self.simulator.url}/oauth2/approve", data=fields, allow_redirects=False, timeout=10
+        )
+        if response.status_code != 302:
+            raise RuntimeError(f"the simulator's consent page answered {response.status_code}")
+        return dict(parse_qsl(urlsplit(response.headers["Location"]).query))
+
+
+def _load_functions() -> dict[str, ModuleType]:
+    # Each function's folder is its code root in Lambda; put them where Lambda would.
+    modules: dict[str, ModuleType] = {}
+    for folder, module in FUNCTIONS.items():
+        path = str(REPO / "functions" / folder)
+        if path not in sys.path:
+            sys.path.insert(0, path)
+        modules[folder] = importlib.import_module(module)
+    return modules
+
+
+@contextmanager
+def local_service(*, app_id: str = LOCAL_APP_ID, quiet: bool = True) -> Iterator[LocalService]:
+    """Start everything; ``quiet`` keeps the functions' JSON logs and EMF metrics off stdout."""
+    logging.getLogger("werkzeug").setLevel(logging.ERROR)  # moto's per-request access log
+    server, endpoint = start_moto_server()
+    saved = dict(os.environ)
+    simulator: RunningSimulator | None = None
+    try:
+        os.environ.update(
+            AWS_ENDPOINT_URL=endpoint,
+            AWS_DEFAULT_REGION=REGION,
+            AWS_REGION=REGION,
+            AWS_ACCESS_KEY_ID="local",
+            AWS_SECRET_ACCESS_KEY="local",  # noqa: S106 (moto's fake credentials)
+            POWERTOOLS_TRACE_DISABLED="true",
+        )
+        os.environ.pop("AWS_PROFILE", None)
+        stack = create_local_stack(region=REGION, endpoint_url=endpoint)
+        app_key, alipay_key = generate_private_key(), generate_private_key()
+        put_secrets(
+            boto3.client("ssm", region_name=REGION, endpoint_url=endpoint),
+            SSM_PREFIX,
+            app_private_key=private_pkcs8_pem(app_key).decode(),
+            alipay_public_key=public_pem(alipay_key).decode(),
+            state_secret=secrets.token_urlsafe(48),
+        )
+        simulator = start_simulator(
+            SimulatorConfig.from_material(
+                app_id, public_pem(app_key), private_pkcs8_pem(alipay_key)
+            )
+        )
+        os.environ.update(
+            stack.environment(
+                SSM_PREFIX,
+                app_id,
+                AlipayGatewayUrl=simulator.gateway_url,
+                AlipayV3Url=simulator.url,
+                AlipayAuthUrl=simulator.url,
+            )
+        )
+        if quiet:
+            os.environ["POWERTOOLS_LOG_LEVEL"] = "ERROR"  # read when the handlers' Loggers are made
+        reset_runtime()
+        yield LocalService(stack=stack, simulator=simulator, modules=_load_functions(), quiet=quiet)
+    finally:
+        reset_runtime()
+        if simulator is not None:
+            simulator.shutdown()
+        server.stop()
+        os.environ.clear()
+        os.environ.update(saved)
