@@ -18,6 +18,7 @@ from aws_lambda_powertools.utilities.idempotency import (
     IdempotencyConfig,
     idempotent_function,
 )
+from aws_lambda_powertools.utilities.idempotency.exceptions import IdempotencyAlreadyInProgressError
 from aws_lambda_powertools.utilities.typing import LambdaContext
 from callback_pages import error_page, result_page, start_page
 
@@ -62,6 +63,11 @@ IDEMPOTENCY = IdempotencyConfig(
 
 class NotificationRejectedError(RequestError):
     reason = "notification_rejected"
+
+
+class AuthorizationInProgressError(RequestError):
+    http_status = 503
+    reason = "in_progress"
 
 
 class AlipayAnswerRejectedError(RequestError):
@@ -151,6 +157,11 @@ def _complete_once(request: CallbackRequest) -> AuthorizationOutcome:
         )(_complete)
     try:
         return AuthorizationOutcome.from_dict(_idempotent_complete(redirect=request.as_dict()))
+    except IdempotencyAlreadyInProgressError:
+        # The same redirect is being handled right now (a double click): let the browser retry.
+        raise AuthorizationInProgressError(
+            "this authorization is being completed; reload in a moment"
+        ) from None
     except (SignatureError, UnexpectedResponseError):
         raise AlipayAnswerRejectedError(
             "Alipay's answer could not be verified; nothing was stored. Please authorize again."
