@@ -105,7 +105,6 @@ def _redirect_uri() -> str:
 
 
 @app.get("/alipay/authorize")
-@tracer.capture_method
 def authorize() -> Response[str]:
     rt = runtime()
     query = _query()
@@ -169,7 +168,6 @@ def _complete_once(request: CallbackRequest) -> AuthorizationOutcome:
 
 
 @app.get(CALLBACK_PATH)
-@tracer.capture_method
 def callback() -> Response[str]:
     request = CallbackRequest.from_query(_query())
     outcome = _complete_once(request)
@@ -186,7 +184,6 @@ def callback() -> Response[str]:
 
 
 @app.post("/alipay/notify")
-@tracer.capture_method
 def notify() -> Response[str]:
     rt = runtime()
     event = app.current_event

@@ -75,32 +75,18 @@ def refresh_due(
             report.outcome_unknown += 1
             logger.warning("Refresh outcome unknown", extra={"auth_app_id": auth_app_id})
             continue
-        except (TransportError, SignatureError, UnexpectedResponseError) as error:
-            report.deferred_transient += 1
+        except (TransportError, SignatureError, UnexpectedResponseError, AlipayError) as error:
+            permanent = isinstance(error, AlipayError) and error.permanent
+            if permanent:
+                report.deferred_permanent += 1
+            else:
+                report.deferred_transient += 1
             store.defer_refresh(
                 auth_app_id,
                 version=version,
-                until=now + TRANSIENT_RETRY,
-                reason=type(error).__name__,
+                until=now + (PERMANENT_RETRY if permanent else TRANSIENT_RETRY),
+                reason=_failure_reason(error),
             )
-            continue
-        except AlipayError as error:
-            if error.transient:
-                report.deferred_transient += 1
-                store.defer_refresh(
-                    auth_app_id,
-                    version=version,
-                    until=now + TRANSIENT_RETRY,
-                    reason=f"alipay_{error.code}",
-                )
-            else:
-                report.deferred_permanent += 1
-                store.defer_refresh(
-                    auth_app_id,
-                    version=version,
-                    until=now + PERMANENT_RETRY,
-                    reason=f"alipay_{error.code}_{error.sub_code or ''}",
-                )
             continue
         if store_grants(
             response.grants, store, park, source="refresh", merchant_ref=stored.merchant_ref
@@ -109,3 +95,9 @@ def refresh_due(
         else:
             report.refreshed += 1
     return report
+
+
+def _failure_reason(error: Exception) -> str:
+    if isinstance(error, AlipayError):
+        return f"alipay_{error.code}_{error.sub_code}" if error.sub_code else f"alipay_{error.code}"
+    return type(error).__name__

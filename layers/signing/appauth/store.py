@@ -177,17 +177,12 @@ class TokenStore:
             {"source": source, "user_id": grant.user_id or "", "merchant_ref": merchant_ref or ""},
             now,
         )
-        try:
-            self._db.transact_write_items(TransactItems=[{"Update": update}, {"Put": event}])
-        except self._db.exceptions.TransactionCanceledException as error:
-            reasons = error.response.get("CancellationReasons", [])
-            if reasons and reasons[0].get("Code") == "ConditionalCheckFailed":
-                current = self.get(grant.auth_app_id)
-                self.record_event(grant.auth_app_id, "older_pair_ignored", {"source": source}, now)
-                return SaveResult(
-                    grant.auth_app_id, stored=False, version=current.version if current else 0
-                )
-            raise
+        if not self._update_with_event(update, event):
+            current = self.get(grant.auth_app_id)
+            self.record_event(grant.auth_app_id, "older_pair_ignored", {"source": source}, now)
+            return SaveResult(
+                grant.auth_app_id, stored=False, version=current.version if current else 0
+            )
         stored = self.get(grant.auth_app_id)
         return SaveResult(grant.auth_app_id, stored=True, version=stored.version if stored else 1)
 
@@ -224,14 +219,7 @@ class TokenStore:
             },
         }
         event = self._event_item(auth_app_id, "authorization_revoked", {"reason": reason}, now)
-        try:
-            self._db.transact_write_items(TransactItems=[{"Update": update}, {"Put": event}])
-        except self._db.exceptions.TransactionCanceledException as error:
-            reasons = error.response.get("CancellationReasons", [])
-            if reasons and reasons[0].get("Code") == "ConditionalCheckFailed":
-                return False
-            raise
-        return True
+        return self._update_with_event(update, event)
 
     # --- refresh scheduling ----------------------------------------------------------------
 
@@ -299,10 +287,19 @@ class TokenStore:
         event = self._event_item(
             auth_app_id, "refresh_deferred", {"reason": reason, "until": _iso(until)}, now
         )
+        # False means the item moved on (re-authorized, revoked): nothing to defer.
+        self._update_with_event(update, event)
+
+    def _update_with_event(self, update: UpdateTypeDef, event: PutTypeDef) -> bool:
+        """Apply a conditional update and its audit event atomically; False if the condition failed."""
         try:
             self._db.transact_write_items(TransactItems=[{"Update": update}, {"Put": event}])
-        except self._db.exceptions.TransactionCanceledException:
-            return  # the item moved on (re-authorized, revoked): nothing to defer
+        except self._db.exceptions.TransactionCanceledException as error:
+            reasons = error.response.get("CancellationReasons", [])
+            if reasons and reasons[0].get("Code") == "ConditionalCheckFailed":
+                return False
+            raise
+        return True
 
     # --- audit -----------------------------------------------------------------------------
 
