@@ -1,0 +1,226 @@
+"""Helpers for driving the callback function in-process: its sample events, a Lambda context, the
+merchant's walk through Alipay's consent page (the simulator), and raw reads of the local stack.
+"""
+
+from __future__ import annotations
+
+import base64
+import copy
+import json
+import uuid
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+from urllib.parse import parse_qsl, urlencode, urlsplit
+
+import boto3
+import requests
+
+if TYPE_CHECKING:
+    from mypy_boto3_dynamodb import DynamoDBClient
+
+EVENTS_DIR = Path(__file__).resolve().parents[2] / "events"
+REGION = "us-east-1"
+
+Handler = Callable[[dict[str, Any], Any], dict[str, Any]]
+
+
+@dataclass
+class FakeLambdaContext:
+    """What Powertools reads from the Lambda context (logger, idempotency)."""
+
+    function_name: str = "appauth-local-callback"
+    memory_limit_in_mb: int = 256
+    invoked_function_arn: str = (
+        "arn:aws:lambda:us-east-1:123456789012:function:appauth-local-callback"
+    )
+    aws_request_id: str = field(default_factory=lambda: str(uuid.uuid4()))
+    function_version: str = "$LATEST"
+    log_group_name: str = "/aws/lambda/appauth-local-callback"
+    log_stream_name: str = "2026/11/21/[$LATEST]0123456789abcdef"
+
+    def get_remaining_time_in_millis(self) -> int:
+        return 15_000
+
+
+@dataclass(frozen=True)
+class HttpResponse:
+    status: int
+    headers: dict[str, str]
+    body: str
+
+    def json(self) -> Any:
+        return json.loads(self.body)
+
+
+def load_event(name: str) -> dict[str, Any]:
+    data: dict[str, Any] = json.loads((EVENTS_DIR / name).read_text(encoding="utf-8"))
+    return copy.deepcopy(data)
+
+
+def with_query(event: dict[str, Any], query: Mapping[str, str] | None) -> dict[str, Any]:
+    """The event with its query replaced: ``queryStringParameters`` and ``rawQueryString`` agree."""
+    changed = copy.deepcopy(event)
+    if query:
+        changed["queryStringParameters"] = dict(query)
+        changed["rawQueryString"] = urlencode(dict(query))
+    else:
+        changed.pop("queryStringParameters", None)
+        changed["rawQueryString"] = ""
+    return changed
+
+
+def with_header(event: dict[str, Any], name: str, value: str) -> dict[str, Any]:
+    changed = copy.deepcopy(event)
+    changed["headers"][name] = value
+    return changed
+
+
+def with_body(event: dict[str, Any], body: str) -> dict[str, Any]:
+    changed = copy.deepcopy(event)
+    changed["body"] = body
+    changed["isBase64Encoded"] = False
+    return changed
+
+
+def invoke(handler: Handler, event: dict[str, Any]) -> HttpResponse:
+    result = handler(event, FakeLambdaContext())
+    body = result.get("body") or ""
+    if result.get("isBase64Encoded"):
+        body = base64.b64decode(body).decode("utf-8")
+    headers = {name.lower(): str(value) for name, value in (result.get("headers") or {}).items()}
+    return HttpResponse(int(result["statusCode"]), headers, body)
+
+
+# --- the merchant's side: the start page, Alipay's consent page, the redirect ---------------------
+
+
+def start(handler: Handler, **query: str) -> dict[str, Any]:
+    """The start page as JSON: ``authorization_url``, ``expires_at``, ``batch``."""
+    event = with_query(load_event("callback_start_page.json"), {**query, "format": "json"})
+    response = invoke(handler, event)
+    assert response.status == 200, response.body
+    data: dict[str, Any] = response.json()
+    return data
+
+
+def url_query(url: str) -> dict[str, str]:
+    return dict(parse_qsl(urlsplit(url).query, keep_blank_values=True))
+
+
+def approve(
+    simulator_url: str, authorization_url: str, *, auth_app_id: str | None = None
+) -> dict[str, str]:
+    """Approve on the simulator's consent page; the query of the 302 to our callback."""
+    form = url_query(authorization_url)
+    form["mode"] = "batch" if "BatchAuth" in urlsplit(authorization_url).path else "single"
+    if auth_app_id is not None:
+        form["auth_app_id"] = auth_app_id
+    answer = requests.post(
+        f"{simulator_url}/oauth2/approve", data=form, allow_redirects=False, timeout=10
+    )
+    assert answer.status_code == 302, answer.text
+    location = answer.headers["Location"]
+    assert urlsplit(location).path == "/alipay/callback"
+    return url_query(location)
+
+
+def redirect_event(query: Mapping[str, str], *, accept: str | None = None) -> dict[str, Any]:
+    event = with_query(load_event("callback_redirect_ok.json"), query)
+    return with_header(event, "accept", accept) if accept else event
+
+
+def state_payload(state: str) -> dict[str, Any]:
+    body = state.split(".")[1]
+    data: dict[str, Any] = json.loads(base64.urlsafe_b64decode(body + "=" * (-len(body) % 4)))
+    return data
+
+
+def simulator_stats(simulator_url: str) -> dict[str, dict[str, int]]:
+    answer = requests.get(f"{simulator_url}/simulator/stats", timeout=10)
+    answer.raise_for_status()
+    stats: dict[str, dict[str, int]] = answer.json()["requests"]
+    return stats
+
+
+def exchanges(simulator_url: str) -> int:
+    """Calls of ``alipay.open.auth.token.app`` the simulator saw, whatever their outcome."""
+    return sum(simulator_stats(simulator_url).get("alipay.open.auth.token.app", {}).values())
+
+
+def set_faults(simulator_url: str, **faults: Any) -> None:
+    requests.post(f"{simulator_url}/simulator/faults", json=faults, timeout=10).raise_for_status()
+
+
+# --- raw reads of the local stack ---------------------------------------------------------------
+
+
+def dynamodb(endpoint_url: str) -> DynamoDBClient:
+    client: DynamoDBClient = boto3.client("dynamodb", region_name=REGION, endpoint_url=endpoint_url)
+    return client
+
+
+def scan_all(client: DynamoDBClient, table: str) -> list[dict[str, Any]]:
+    items: list[dict[str, Any]] = []
+    for page in client.get_paginator("scan").paginate(TableName=table, ConsistentRead=True):
+        items.extend(page.get("Items", []))
+    return sorted(items, key=lambda item: json.dumps(item, sort_keys=True, default=repr))
+
+
+def state_item(client: DynamoDBClient, table: str, state: str) -> dict[str, Any] | None:
+    nonce = state_payload(state)["n"]
+    item = client.get_item(
+        TableName=table, Key={"pk": {"S": f"STATE#{nonce}"}, "sk": {"S": "STATE"}}
+    ).get("Item")
+    return dict(item) if item else None
+
+
+def raw_values(value: Any) -> list[str]:
+    """Every string and binary value inside a DynamoDB item (binaries decoded leniently)."""
+    found: list[str] = []
+    if isinstance(value, Mapping):
+        for inner in value.values():
+            found.extend(raw_values(inner))
+    elif isinstance(value, list | tuple):
+        for inner in value:
+            found.extend(raw_values(inner))
+    elif isinstance(value, bytes | bytearray):
+        found.append(bytes(value).decode("latin-1"))
+    elif value is not None:
+        found.append(str(value))
+    return found
+
+
+def windows(secret: str, size: int = 16) -> set[str]:
+    """Every ``size``-character window of a secret's body (PEM armour and line breaks removed)."""
+    body = "".join(line for line in secret.splitlines() if not line.startswith("-----"))
+    return {body[i : i + size] for i in range(max(1, len(body) - size + 1))}
+
+
+def emf_documents(stdout: str) -> list[dict[str, Any]]:
+    """The CloudWatch embedded-metric-format documents printed on stdout."""
+    documents: list[dict[str, Any]] = []
+    for raw_line in stdout.splitlines():
+        line = raw_line.strip()
+        if not line.startswith("{"):
+            continue
+        try:
+            document = json.loads(line)
+        except ValueError:
+            continue
+        if isinstance(document, dict) and "_aws" in document:
+            documents.append(document)
+    return documents
+
+
+def metric_values(documents: list[dict[str, Any]], name: str) -> list[tuple[dict[str, str], Any]]:
+    """(dimensions, value) of every occurrence of metric ``name``."""
+    found: list[tuple[dict[str, str], Any]] = []
+    for document in documents:
+        for directive in document["_aws"]["CloudWatchMetrics"]:
+            names = {metric["Name"] for metric in directive["Metrics"]}
+            if name in names:
+                keys = [key for group in directive["Dimensions"] for key in group]
+                found.append(({key: document[key] for key in keys}, document[name]))
+    return found
