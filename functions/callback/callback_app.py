@@ -46,6 +46,7 @@ metrics = Metrics()
 app = APIGatewayHttpResolver()
 
 CALLBACK_PATH = "/alipay/callback"
+NOTIFY_PATH = "/alipay/notify"
 MAX_QUERY_BYTES = 4096
 HTML = "text/html; charset=utf-8"
 NO_STORE = {
@@ -183,7 +184,7 @@ def callback() -> Response[str]:
     return _respond(200, result_page(outcome), {"status": "granted", **outcome.as_dict()})
 
 
-@app.post("/alipay/notify")
+@app.post(NOTIFY_PATH)
 def notify() -> Response[str]:
     rt = runtime()
     event = app.current_event
@@ -208,8 +209,8 @@ def request_error(error: RequestError) -> Response[str]:
     _count_failure(error.reason)
     logger.warning("Request refused", extra={"reason": error.reason, "status": error.http_status})
     headers = {"Retry-After": "60"} if error.http_status == 503 else None
-    if app.current_event.raw_path.endswith("/notify"):
-        return Response(error.http_status, "text/plain", "fail", NO_STORE)
+    if _is_notification():
+        return _notification_failed(error.http_status)
     return _respond(
         error.http_status,
         error_page(error.http_status, str(error)),
@@ -223,6 +224,8 @@ def config_error(error: ConfigError) -> Response[str]:
     _count_failure("misconfigured")
     # The parameter name helps the operator; the merchant only learns that it is our fault.
     logger.error("Service misconfigured", extra={"parameter": error.parameter, "error": str(error)})
+    if _is_notification():
+        return _notification_failed(500)
     return _respond(
         500,
         error_page(500, "The service is misconfigured."),
@@ -234,9 +237,20 @@ def config_error(error: ConfigError) -> Response[str]:
 def unexpected_error(error: Exception) -> Response[str]:
     _count_failure("internal_error")
     logger.exception("Unexpected error")
+    if _is_notification():
+        return _notification_failed(500)
     return _respond(
         500, error_page(500, "Internal error."), {"error": {"reason": "internal_error"}}
     )
+
+
+def _is_notification() -> bool:
+    return app.current_event.raw_path == NOTIFY_PATH
+
+
+def _notification_failed(status: int) -> Response[str]:
+    # Alipay reads the body: anything but "success" makes it deliver the notification again.
+    return Response(status, "text/plain", "fail", NO_STORE)
 
 
 @app.not_found

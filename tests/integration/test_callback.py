@@ -597,6 +597,21 @@ def test_granted_notification_stores_the_pair_it_carries(cb: Callback):
     assert again.version == 1
 
 
+def test_notification_during_misconfiguration_answers_fail_so_alipay_redelivers(cb: Callback):
+    parameter = f"{cb.service.aws.ssm_prefix}/alipay-public-key"
+    ssm = boto3.client("ssm", region_name=REGION, endpoint_url=cb.service.aws.endpoint_url)
+    value = ssm.get_parameter(Name=parameter, WithDecryption=True)["Parameter"]["Value"]
+    ssm.delete_parameter(Name=parameter)
+
+    response = _notify(cb)
+
+    assert (response.status, response.body) == (500, "fail")
+    assert cb.store.get(VECTOR_AUTH_APP_ID) is None
+    ssm.put_parameter(Name=parameter, Value=value, Type="SecureString")
+    assert _notify(cb).body == "success"
+    assert cb.store.get(VECTOR_AUTH_APP_ID) is not None
+
+
 def test_cancelled_notification_revokes_the_merchant(cb: Callback):
     assert _notify(cb).body == "success"
 
