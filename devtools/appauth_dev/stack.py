@@ -402,12 +402,15 @@ _QUEUE_ATTRIBUTES = {
     "KmsMasterKeyId": "KmsMasterKeyId",
     "FifoQueue": "FifoQueue",
     "ContentBasedDeduplication": "ContentBasedDeduplication",
+    "RedrivePolicy": "RedrivePolicy",
 }
 
 
 def _attribute_value(value: Any) -> str:
     if isinstance(value, bool):
         return "true" if value else "false"
+    if isinstance(value, dict):
+        return json.dumps(value)  # RedrivePolicy: SQS takes it as a JSON string
     return str(value)
 
 

@@ -235,3 +235,46 @@ def test_parked_pairs_go_through_the_stack_queue(cold_start: ServiceStack):
     stored = runtime().store.get(grant.auth_app_id)
     assert stored is not None
     assert stored.version == 1
+
+
+def test_one_bad_parked_message_or_unreadable_item_does_not_stop_the_run(cold_start: ServiceStack):
+    service = cold_start
+    sqs = boto3.client("sqs", region_name=REGION, endpoint_url=service.aws.endpoint_url)
+    sqs.send_message(QueueUrl=service.aws.stack.parked_queue_url, MessageBody="not json")
+    parked = exchange(service)
+    runtime().park(parked, source="authorization", reason="store_unavailable", merchant_ref=None)
+    good = [store_pair(grant, age=LONG_AGO) for grant in exchange(service, batch_size=2)]
+    (broken,) = [store_pair(grant, age=LONG_AGO) for grant in exchange(service)]
+    dynamodb = boto3.client("dynamodb", region_name=REGION, endpoint_url=service.aws.endpoint_url)
+    dynamodb.update_item(
+        TableName=service.aws.stack.tokens_table,
+        Key={"pk": {"S": app_pk(broken.auth_app_id)}, "sk": {"S": "AUTH"}},
+        UpdateExpression="SET tokens.#f.app_refresh_token = :junk",
+        ExpressionAttributeNames={"#f": "fields"},
+        ExpressionAttributeValues={":junk": {"B": b"\x00" * 40}},
+    )
+
+    result = run()
+
+    assert result["parked_drained"] == 1  # the good parked pair, despite the garbage before it
+    assert runtime().store.get(parked[0].auth_app_id) is not None
+    assert result["refreshed"] == 2
+    assert result["unreadable"] == 1
+    for grant in good:
+        stored = runtime().store.get(grant.auth_app_id)
+        assert stored is not None
+        assert stored.version == 2
+    still = runtime().store.get(broken.auth_app_id)
+    assert still is not None
+    assert still.version == 1
+    assert still.next_refresh_at is not None
+    assert still.next_refresh_at > datetime.now(UTC)
+    assert "unreadable_pair" in {
+        e.detail.get("reason") for e in runtime().store.events(broken.auth_app_id)
+    }
+    # The garbage stays on the queue (redrive moves it to the dead-letter queue after 5 tries).
+    visible_or_not = sqs.get_queue_attributes(
+        QueueUrl=service.aws.stack.parked_queue_url,
+        AttributeNames=["ApproximateNumberOfMessagesNotVisible"],
+    )["Attributes"]["ApproximateNumberOfMessagesNotVisible"]
+    assert visible_or_not == "1"

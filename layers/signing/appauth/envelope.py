@@ -21,6 +21,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
+from botocore.exceptions import ClientError
 from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
@@ -32,6 +33,18 @@ if TYPE_CHECKING:
 ALGORITHM = "AES-256-GCM"
 PURPOSE = "appauth-token"
 NONCE_BYTES = 12
+# KMS answers that mean "this stored pair cannot be opened here", as opposed to KMS being down.
+REFUSALS = frozenset(
+    {
+        "InvalidCiphertextException",
+        "IncorrectKeyException",
+        "NotFoundException",
+        "DisabledException",
+        "KMSInvalidStateException",
+        "KeyUnavailableException",
+        "AccessDeniedException",
+    }
+)
 
 
 class TokenDecryptionError(AppAuthError):
@@ -147,17 +160,19 @@ class TokenCipher:
             # The wrapped key was produced under this merchant's context; GCM's associated data
             # still rejects a ciphertext moved to another merchant's item.
             return cached
-        kms_errors = _kms_errors(self._kms)
         try:
             response = self._kms.decrypt(
                 CiphertextBlob=sealed.wrapped_key,
                 KeyId=sealed.key_id,
                 EncryptionContext=encryption_context(auth_app_id),
             )
-        except kms_errors:
+        except ClientError as error:
+            code = error.response.get("Error", {}).get("Code", "")
+            if code not in REFUSALS:
+                raise
             raise TokenDecryptionError(
-                f"KMS refused the data key of merchant app {auth_app_id} (wrong merchant, "
-                "tampered item, or no kms:Decrypt on the key)"
+                f"KMS refused the data key of merchant app {auth_app_id} ({code}: wrong merchant, "
+                "tampered item, key disabled or pending deletion, or no kms:Decrypt on the key)"
             ) from None
         plaintext = response["Plaintext"]
         with self._lock:
@@ -170,13 +185,3 @@ class TokenCipher:
             self._encrypt_keys.popitem(last=False)
         while len(self._decrypt_keys) > self._max_cached:
             self._decrypt_keys.popitem(last=False)
-
-
-def _kms_errors(kms: KMSClient) -> tuple[type[Exception], ...]:
-    exceptions = kms.exceptions
-    return (
-        exceptions.InvalidCiphertextException,
-        exceptions.IncorrectKeyException,
-        exceptions.NotFoundException,
-        exceptions.DisabledException,
-    )

@@ -18,6 +18,7 @@ from typing import TYPE_CHECKING, Any
 from botocore.exceptions import BotoCoreError, ClientError
 
 from appauth.envelope import SealedTokens, TokenCipher
+from appauth.errors import AppAuthError
 from appauth.models import TokenGrant
 
 if TYPE_CHECKING:
@@ -111,8 +112,8 @@ def drain_parked(
     max_messages: int = 100,
 ) -> int:
     """Store parked pairs; returns how many messages were settled (stored or obsolete)."""
-    settled = 0
-    while settled < max_messages:
+    settled = unsettled = 0
+    while settled + unsettled < max_messages:
         response = sqs.receive_message(
             QueueUrl=queue_url, MaxNumberOfMessages=10, WaitTimeSeconds=0
         )
@@ -120,14 +121,30 @@ def drain_parked(
         if not messages:
             break
         for message in messages:
-            body = json.loads(message["Body"])
-            if body.get("kind") != MESSAGE_KIND:
-                logger.error("Unknown message on the parking queue left in place")
+            try:
+                body = json.loads(message["Body"])
+                if not isinstance(body, dict) or body.get("kind") != MESSAGE_KIND:
+                    raise ValueError("not a parked grant")
+                grant = _decode_grant(body["grant"], cipher)
+                store.save_grant(
+                    grant, source=f"{body['source']}+parked", merchant_ref=body.get("merchant_ref")
+                )
+            except (
+                ValueError,
+                KeyError,
+                TypeError,
+                AppAuthError,
+                BotoCoreError,
+                ClientError,
+            ) as error:
+                # Leave it: it comes back after the visibility timeout and, after a few tries,
+                # moves to the dead-letter queue (alarmed). One bad message never blocks the rest.
+                unsettled += 1
+                logger.error(
+                    "Parked message not settled; left on the queue",
+                    extra={"message_id": message.get("MessageId"), "error": type(error).__name__},
+                )
                 continue
-            grant = _decode_grant(body["grant"], cipher)
-            store.save_grant(
-                grant, source=f"{body['source']}+parked", merchant_ref=body.get("merchant_ref")
-            )
             sqs.delete_message(QueueUrl=queue_url, ReceiptHandle=message["ReceiptHandle"])
             settled += 1
     return settled

@@ -15,6 +15,7 @@ from datetime import datetime, timedelta
 
 from appauth.authorization import Parker, store_grants
 from appauth.client import AlipayClient
+from appauth.envelope import TokenDecryptionError
 from appauth.errors import (
     AlipayError,
     OutcomeUnknownError,
@@ -39,6 +40,7 @@ class RefreshReport:
     deferred_transient: int = 0
     deferred_permanent: int = 0
     outcome_unknown: int = 0
+    unreadable: int = 0
     parked: int = 0
 
     def as_dict(self) -> dict[str, int]:
@@ -66,7 +68,16 @@ def refresh_due(
         if stored is None or stored.version != version:
             report.skipped_leased += 1
             continue
-        _, refresh_token = store.open_tokens(stored)
+        try:
+            _, refresh_token = store.open_tokens(stored)
+        except TokenDecryptionError:
+            # One unreadable item (tampered, key gone) must not stop the others; audit and move on.
+            report.unreadable += 1
+            logger.error("Stored pair does not decrypt", extra={"auth_app_id": auth_app_id})
+            store.defer_refresh(
+                auth_app_id, version=version, until=now + PERMANENT_RETRY, reason="unreadable_pair"
+            )
+            continue
         try:
             response = client.refresh(refresh_token)
         except OutcomeUnknownError:
