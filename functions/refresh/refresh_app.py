@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 from datetime import UTC, datetime
 from typing import Any
 
@@ -21,7 +20,7 @@ metrics = Metrics()
 
 
 @logger.inject_lambda_context
-@tracer.capture_lambda_handler
+@tracer.capture_lambda_handler(capture_response=False)
 @metrics.log_metrics
 def lambda_handler(event: dict[str, Any], context: LambdaContext) -> dict[str, Any]:
     rt = runtime()
@@ -30,8 +29,9 @@ def lambda_handler(event: dict[str, Any], context: LambdaContext) -> dict[str, A
         store=rt.store,
         client=rt.client(),
         park=rt.park,
-        now=datetime.now(UTC),
-        owner=os.environ.get("AWS_LAMBDA_LOG_STREAM_NAME", "refresh"),
+        clock=lambda: datetime.now(UTC),
+        owner=context.aws_request_id,  # unique per run: only this run may release its leases
+        time_left=lambda: context.get_remaining_time_in_millis() / 1000,
     )
     result = {"parked_drained": drained, **report.as_dict()}
     for name, value in result.items():

@@ -26,7 +26,7 @@ cache = LookupCache(max_age_seconds=float(os.environ.get("TOKEN_CACHE_SECONDS", 
 
 
 @logger.inject_lambda_context
-@tracer.capture_lambda_handler
+@tracer.capture_lambda_handler(capture_response=False)
 @metrics.log_metrics
 def lambda_handler(event: Any, context: LambdaContext) -> dict[str, Any]:
     try:

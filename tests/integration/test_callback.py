@@ -534,6 +534,8 @@ def test_reauthorization_replaces_the_pair_and_an_older_pair_never_wins(cb: Call
         second_pair.app_auth_token,
         second_pair.app_refresh_token,
     )
+    assert stored.token_issued_at is not None
+    assert first_stored.token_issued_at is not None
     assert stored.token_issued_at > first_stored.token_issued_at
 
     # The first pair arriving late (e.g. a redelivered notification) must not overwrite it.
@@ -650,7 +652,9 @@ def test_tampered_notifications_are_refused_and_change_nothing(cb: Callback):
         assert cb.snapshot() == before, old
 
 
-def _signed_notification(app_id: str, auth_app_id: str) -> str:
+def _signed_notification(
+    app_id: str, auth_app_id: str, *, auth_time: bool = True, notify_time: str | None = None
+) -> str:
     """An ``open_app_auth_notify`` signed with the vectors' Alipay private key."""
     now = datetime.now(UTC)
     content = {
@@ -667,10 +671,12 @@ def _signed_notification(app_id: str, auth_app_id: str) -> str:
         },
         "error": {},
     }
+    if not auth_time:
+        del content["detail"]["auth_time"]  # type: ignore[attr-defined]
     params = {
         "notify_id": "2026112100222100000099",
         "notify_type": "open_app_auth_notify",
-        "notify_time": now.strftime("%Y-%m-%d %H:%M:%S"),
+        "notify_time": now.strftime("%Y-%m-%d %H:%M:%S") if notify_time is None else notify_time,
         "app_id": app_id,
         "charset": "utf-8",
         "version": "1.0",
@@ -681,6 +687,31 @@ def _signed_notification(app_id: str, auth_app_id: str) -> str:
     key = load_private_key(read_vector_file("keys/alipay_private_pkcs8.pem"))
     params["sign"] = rsa_sign(sign_content(params, exclude=("sign", "sign_type")), key)
     return urlencode(params)
+
+
+def test_a_notification_without_auth_time_is_ranked_by_notify_time_or_refused(cb: Callback):
+    ranked = _notify(
+        cb,
+        _signed_notification(
+            cb.service.aws.app_id,
+            "2021000100000079",
+            auth_time=False,
+            notify_time="2026-11-21 18:00:00",
+        ),
+    )
+    assert (ranked.status, ranked.body) == (200, "success")
+    stored = cb.store.get("2021000100000079")
+    assert stored is not None
+    assert stored.token_issued_at == datetime(2026, 11, 21, 10, 0, tzinfo=UTC)  # Beijing = UTC+8
+
+    refused = _notify(
+        cb,
+        _signed_notification(
+            cb.service.aws.app_id, "2021000100000080", auth_time=False, notify_time=""
+        ),
+    )
+    assert (refused.status, refused.body) == (400, "fail")
+    assert cb.store.get("2021000100000080") is None
 
 
 def test_notification_for_another_app_is_refused(cb: Callback):

@@ -38,6 +38,10 @@ class FakeContext:
     memory_limit_in_mb: int = 256
     invoked_function_arn: str = "arn:aws:lambda:us-east-1:123456789012:function:appauth-refresh"
     aws_request_id: str = "6f1c3c2e-0000-4000-8000-000000000002"
+    remaining_ms: int = 300_000
+
+    def get_remaining_time_in_millis(self) -> int:
+        return self.remaining_ms
 
 
 @pytest.fixture
@@ -47,8 +51,8 @@ def cold_start(service: ServiceStack) -> ServiceStack:
     return service
 
 
-def run() -> dict[str, int]:
-    result: dict[str, int] = refresh_app.lambda_handler(EVENT, FakeContext())
+def run(context: FakeContext | None = None) -> dict[str, int]:
+    result: dict[str, int] = refresh_app.lambda_handler(EVENT, context or FakeContext())
     return result
 
 
@@ -109,6 +113,7 @@ def test_each_due_merchant_is_refreshed_exactly_once(cold_start: ServiceStack):
         assert stored is not None
         assert (stored.status, stored.version) == (STATUS_GRANTED, 2)
         assert stored.merchant_ref == "shop-1"
+        assert stored.token_issued_at is not None
         assert stored.token_issued_at >= started - timedelta(seconds=1)
         assert stored.next_refresh_at is not None
         assert stored.next_refresh_at > started + timedelta(days=30)
@@ -278,3 +283,16 @@ def test_one_bad_parked_message_or_unreadable_item_does_not_stop_the_run(cold_st
         AttributeNames=["ApproximateNumberOfMessagesNotVisible"],
     )["Attributes"]["ApproximateNumberOfMessagesNotVisible"]
     assert visible_or_not == "1"
+
+
+def test_a_run_short_of_time_leaves_merchants_for_the_next_run(cold_start: ServiceStack):
+    service = cold_start
+    due = [store_pair(grant, age=LONG_AGO) for grant in exchange(service, batch_size=2)]
+    before = token_calls(service)
+
+    result = run(FakeContext(remaining_ms=20_000))
+
+    assert result["due"] == result["stopped_early"] == 2
+    assert result["refreshed"] == 0
+    assert token_calls(service) == before  # no refresh was started that could not be stored
+    assert run()["refreshed"] == len(due)

@@ -18,7 +18,7 @@ import boto3
 import pytest
 from moto.dynamodb.models import DynamoDBBackend
 
-from appauth.envelope import TokenCipher
+from appauth.envelope import TokenCipher, TokenDecryptionError
 from appauth.errors import StateReplayedError
 from appauth.models import TokenGrant
 from appauth.policy import DUE_SHARDS, RefreshPolicy, due_shard
@@ -338,8 +338,8 @@ def test_mark_revoked_takes_the_item_out_of_the_due_index(
     assert "revoked_at" in item
     assert store.due(far_future, limit=10) == []
     assert "authorization_revoked" in event_names(store, MERCHANT)
-    # Revoking again changes nothing.
-    assert not store.mark_revoked(MERCHANT, cancelled_at=NOW + timedelta(hours=2), reason="again")
+    # A redelivered cancellation changes nothing.
+    assert not store.mark_revoked(MERCHANT, cancelled_at=NOW + timedelta(hours=1), reason="again")
     stored_again = store.get(MERCHANT)
     assert stored_again is not None
     assert stored_again.version == 2
@@ -363,7 +363,8 @@ def test_a_cancellation_older_than_the_current_pair_changes_nothing(store):
     assert stored is not None
     assert (stored.status, stored.version) == (STATUS_GRANTED, 1)
     assert event_names(store, MERCHANT) == ["token_pair_stored"]
-    assert not store.mark_revoked("2021004299999999", cancelled_at=NOW, reason="unknown app")
+    # An app never stored gets a revocation record (its pair may still be parked).
+    assert store.mark_revoked("2021004299999999", cancelled_at=NOW, reason="unknown app")
 
 
 # --- due index -----------------------------------------------------------------------------
@@ -425,7 +426,9 @@ def test_save_get_due_and_lease_never_scan(store, dynamodb):
     assert len(due) == 3
     for app, version in due:
         assert store.acquire_lease(app, version=version, now=NOW, seconds=300, owner="r1")
-    store.defer_refresh(apps[1], version=1, until=NOW + timedelta(hours=1), reason="test")
+    store.defer_refresh(
+        apps[1], version=1, owner="r1", until=NOW + timedelta(hours=1), reason="test"
+    )
     store.mark_revoked(apps[2], cancelled_at=NOW, reason="cancelled")
     assert calls.operations  # the hook saw the traffic
     assert "Scan" not in calls.operations
@@ -489,13 +492,17 @@ def test_defer_refresh_pushes_the_time_counts_failures_and_releases_the_lease(
     assert store.acquire_lease(MERCHANT, version=1, now=NOW, seconds=300, owner="r1")
     table = local_stack.stack.tokens_table
     for failures, until in ((1, NOW + timedelta(minutes=15)), (2, NOW + timedelta(hours=6))):
-        store.defer_refresh(MERCHANT, version=1, until=until, reason="alipay_20000")
+        # Only the lease holder can defer: another runner's deferral changes nothing.
+        store.defer_refresh(MERCHANT, version=1, owner="r2", until=NOW, reason="not mine")
+        assert raw_item(dynamodb, table, MERCHANT)["lease_owner"] == {"S": "r1"}
+        store.defer_refresh(MERCHANT, version=1, owner="r1", until=until, reason="alipay_20000")
         item = raw_item(dynamodb, table, MERCHANT)
         assert item["next_refresh_at"] == {"N": str(int(until.timestamp()))}
         assert item["refresh_failures"] == {"N": str(failures)}
         assert "lease_until" not in item
         assert item["status"] == {"S": STATUS_GRANTED}
         assert item["version"] == {"N": "1"}
+        assert store.acquire_lease(MERCHANT, version=1, now=NOW, seconds=300, owner="r1")
     assert store.due(NOW + timedelta(hours=5), limit=10) == []
     assert store.due(NOW + timedelta(hours=6), limit=10) == [(MERCHANT, 1)]
     deferred = [e for e in store.events(MERCHANT) if e.event == "refresh_deferred"]
@@ -503,8 +510,42 @@ def test_defer_refresh_pushes_the_time_counts_failures_and_releases_the_lease(
     assert {e.detail["reason"] for e in deferred} == {"alipay_20000"}
     # A deferral for a version that moved on does nothing; a stored pair resets the count.
     store.save_grant(grant(received_at=NOW, tag="2"), source="refresh")
-    store.defer_refresh(MERCHANT, version=1, until=NOW + timedelta(days=9), reason="late")
+    store.defer_refresh(
+        MERCHANT, version=1, owner="r1", until=NOW + timedelta(days=9), reason="late"
+    )
     item = raw_item(dynamodb, table, MERCHANT)
     assert "refresh_failures" not in item
     assert item["version"] == {"N": "2"}
     assert int(item["next_refresh_at"]["N"]) != int((NOW + timedelta(days=9)).timestamp())
+
+
+def test_a_cancellation_is_never_undone_by_an_older_pair_landing_late(store):
+    # Stored at t0, cancelled at t0+2h; a pair issued at t0+1h (parked, or an in-flight refresh)
+    # arrives afterwards: it must not bring the merchant back.
+    store.save_grant(grant(received_at=NOW), source="authorization")
+    assert store.mark_revoked(MERCHANT, cancelled_at=NOW + timedelta(hours=2), reason="cancelled")
+    late = store.save_grant(
+        grant(received_at=NOW + timedelta(hours=1), tag="late"), source="authorization+parked"
+    )
+    assert not late.stored
+    stored = store.get(MERCHANT)
+    assert stored is not None
+    assert stored.status == STATUS_REVOKED
+    assert store.due(NOW + timedelta(days=3650), limit=10) == []
+    # A real re-authorization after the cancellation is accepted.
+    assert store.save_grant(
+        grant(received_at=NOW + timedelta(hours=3), tag="new"), source="authorization"
+    ).stored
+
+
+def test_a_cancellation_that_overtakes_the_first_pair_is_kept(store):
+    # The cancellation arrives before the (parked) pair was ever stored.
+    assert store.mark_revoked(MERCHANT, cancelled_at=NOW + timedelta(hours=2), reason="cancelled")
+    tombstone = store.get(MERCHANT)
+    assert tombstone is not None
+    assert tombstone.status == STATUS_REVOKED
+    assert tombstone.sealed is None
+    with pytest.raises(TokenDecryptionError):
+        store.open_tokens(tombstone)
+    assert not store.save_grant(grant(received_at=NOW), source="authorization+parked").stored
+    assert store.get(MERCHANT).status == STATUS_REVOKED

@@ -101,3 +101,10 @@ def test_mask_reveals_at_most_seven_characters(secret):
     if len(secret) >= 16:
         assert masked.startswith(secret[:4])
         assert f"({len(secret)})" in masked
+
+
+def test_one_incomplete_entry_does_not_discard_its_valid_siblings():
+    good = {"app_auth_token": "a" * 40, "app_refresh_token": "r" * 40, "auth_app_id": "2018"}
+    response = parse_token_response({"tokens": [good, {"auth_app_id": "2019"}]}, RECEIVED)
+    assert [g.auth_app_id for g in response.grants] == ["2018"]
+    assert response.incomplete == 1

@@ -84,3 +84,11 @@ def test_a_correctly_signed_but_incomplete_payload_is_malformed():
 def test_merchant_reference_is_restricted(ref):
     with pytest.raises(InvalidRequestError):
         issue_state(SECRET, now=NOW, ttl_seconds=60, merchant_ref=ref)
+
+
+def test_only_the_canonical_spelling_of_a_state_verifies():
+    token, _ = issue_state(SECRET, now=NOW, ttl_seconds=600)
+    assert verify_state(token, SECRET, now=NOW)
+    for variant in (token + "!!", token[:-1] + "=", token.replace(".", ".\n", 1)):
+        with pytest.raises(InvalidStateError):
+            verify_state(variant, SECRET, now=NOW)

@@ -98,7 +98,9 @@ class TokenCipher:
         self._max_cached = max_cached_keys
         self._monotonic = monotonic
         self._encrypt_keys: OrderedDict[str, _DataKey] = OrderedDict()
-        self._decrypt_keys: OrderedDict[bytes, bytes] = OrderedDict()
+        # wrapped key -> (plaintext key, when unwrapped): aged like the encrypt keys, so a disabled
+        # KMS key stops decrypting in warm containers too.
+        self._decrypt_keys: OrderedDict[bytes, tuple[bytes, float]] = OrderedDict()
         self._lock = threading.Lock()
 
     def seal(self, auth_app_id: str, values: Mapping[str, str]) -> SealedTokens:
@@ -147,19 +149,19 @@ class TokenCipher:
         )
         with self._lock:
             self._encrypt_keys[auth_app_id] = data_key
-            self._decrypt_keys[data_key.wrapped] = data_key.plaintext
+            self._decrypt_keys[data_key.wrapped] = (data_key.plaintext, now)
             self._trim()
         return data_key
 
     def _unwrap(self, auth_app_id: str, sealed: SealedTokens) -> bytes:
+        now = self._monotonic()
         with self._lock:
             cached = self._decrypt_keys.get(sealed.wrapped_key)
-            if cached is not None:
+            if cached is not None and now - cached[1] < self._max_age:
                 self._decrypt_keys.move_to_end(sealed.wrapped_key)
-        if cached is not None:
-            # The wrapped key was produced under this merchant's context; GCM's associated data
-            # still rejects a ciphertext moved to another merchant's item.
-            return cached
+                # The wrapped key was produced under this merchant's context; GCM's associated
+                # data still rejects a ciphertext moved to another merchant's item.
+                return cached[0]
         try:
             response = self._kms.decrypt(
                 CiphertextBlob=sealed.wrapped_key,
@@ -176,7 +178,7 @@ class TokenCipher:
             ) from None
         plaintext = response["Plaintext"]
         with self._lock:
-            self._decrypt_keys[sealed.wrapped_key] = plaintext
+            self._decrypt_keys[sealed.wrapped_key] = (plaintext, now)
             self._trim()
         return plaintext
 

@@ -114,7 +114,11 @@ class LookupCache:
             return hit[1]
         result = load(auth_app_id)
         if not (result.found and result.status == STATUS_GRANTED):
-            return result  # a merchant who just authorized must not wait for a cached miss
+            # Never cache a miss (a merchant who just authorized must not wait for it), and a
+            # fresh read that finds the authorization gone evicts the cached token at once.
+            with self._lock:
+                self._items.pop(auth_app_id, None)
+            return result
         with self._lock:
             if auth_app_id not in self._items and len(self._items) >= self._max_items:
                 self._items.pop(next(iter(self._items)))

@@ -42,9 +42,14 @@ class TokenGrant:
 
 @dataclass(frozen=True)
 class TokenResponse:
-    """Every grant in one ``alipay.open.auth.token.app`` answer (several for a batch authorization)."""
+    """Every grant in one ``alipay.open.auth.token.app`` answer (several for a batch authorization).
+
+    ``incomplete`` counts entries that lacked a token or an id: the complete ones are still
+    returned, so one malformed entry never discards its valid siblings.
+    """
 
     grants: tuple[TokenGrant, ...]
+    incomplete: int = 0
 
     def single(self) -> TokenGrant:
         if len(self.grants) != 1:
@@ -109,13 +114,18 @@ def parse_token_response(data: Mapping[str, Any], received_at: datetime) -> Toke
         raise UnexpectedResponseError("'tokens' is not a list of objects")
     entries.extend(tokens)
     grants: list[TokenGrant] = []
+    incomplete = 0
     for entry in entries:
-        grant = _grant(entry, received_at)
+        try:
+            grant = _grant(entry, received_at)
+        except UnexpectedResponseError:
+            incomplete += 1
+            continue
         if grant not in grants:
             grants.append(grant)
     if not grants:
-        raise UnexpectedResponseError("the token response holds no token pair")
-    return TokenResponse(tuple(grants))
+        raise UnexpectedResponseError("the token response holds no complete token pair")
+    return TokenResponse(tuple(grants), incomplete)
 
 
 def parse_authorization_info(data: Mapping[str, Any]) -> AuthorizationInfo:

@@ -23,7 +23,7 @@ from appauth.authorization import Parker, store_grants
 from appauth.credentials import AppCredentials
 from appauth.errors import InvalidRequestError, UnexpectedResponseError, WrongAppError
 from appauth.models import TokenGrant, parse_token_response
-from appauth.signing import parse_form, verify_notification
+from appauth.signing import BEIJING, parse_form, verify_notification
 from appauth.state import MERCHANT_REF_PATTERN
 from appauth.store import TokenStore
 
@@ -49,11 +49,23 @@ def _biz_content(params: Mapping[str, str]) -> dict[str, Any]:
     return value
 
 
-def _millis(value: Any, fallback: datetime) -> datetime:
+def _millis(value: Any, fallback: datetime | None) -> datetime | None:
     try:
         return datetime.fromtimestamp(int(value) / 1000, UTC)
     except (TypeError, ValueError, OverflowError, OSError):
         return fallback
+
+
+def _beijing(value: str | None) -> datetime | None:
+    """``yyyy-MM-dd HH:mm:ss`` in Beijing time (notify_time), as an aware UTC datetime."""
+    try:
+        return (
+            datetime.strptime(value or "", "%Y-%m-%d %H:%M:%S")
+            .replace(tzinfo=BEIJING)
+            .astimezone(UTC)
+        )
+    except ValueError:
+        return None
 
 
 def handle_notification(
@@ -72,12 +84,12 @@ def handle_notification(
         raise WrongAppError("the notification is for another app")
     content = _biz_content(params)
     if params.get("notify_type") == AUTH_NOTIFY_TYPE:
-        return _granted(content, store, park, now)
+        return _granted(content, store, park, params.get("notify_time"))
     if params.get("msg_method") == CANCELLED_METHOD:
         auth_app_id = str(content.get("auth_app_id") or params.get("msg_app_id") or "")
         if not auth_app_id:
             raise InvalidRequestError("the cancellation names no auth_app_id")
-        cancelled_at = _millis(params.get("utc_timestamp"), now)
+        cancelled_at = _millis(params.get("utc_timestamp"), now) or now
         changed = store.mark_revoked(
             auth_app_id, cancelled_at=cancelled_at, reason="merchant_cancelled"
         )
@@ -86,14 +98,19 @@ def handle_notification(
 
 
 def _granted(
-    content: Mapping[str, Any], store: TokenStore, park: Parker, now: datetime
+    content: Mapping[str, Any], store: TokenStore, park: Parker, notify_time: str | None
 ) -> NotificationResult:
     detail = content.get("detail")
     if not isinstance(detail, dict):
         raise InvalidRequestError("the authorization notification has no detail")
     # Alipay issued the pair at auth_time: using it (not our clock) keeps a late notification
-    # from overwriting a pair that was refreshed since.
-    issued_at = _millis(detail.get("auth_time"), now)
+    # from overwriting a pair that was refreshed since. Without it, notify_time is the bound;
+    # with neither, the pair is refused (Alipay redelivers) rather than ranked as the newest.
+    issued_at = _millis(detail.get("auth_time"), None) or _beijing(notify_time)
+    if issued_at is None:
+        raise InvalidRequestError(
+            "the authorization notification carries no auth_time or notify_time"
+        )
     try:
         grant: TokenGrant = parse_token_response(detail, issued_at).single()
     except UnexpectedResponseError as error:

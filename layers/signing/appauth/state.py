@@ -37,7 +37,12 @@ def _b64(data: bytes) -> str:
 
 
 def _unb64(text: str) -> bytes:
-    return base64.urlsafe_b64decode(text + "=" * (-len(text) % 4))
+    """Strict base64url: only the one canonical spelling decodes (no junk, no spare bits), so
+    a state cannot be varied to slip past the idempotency key or a cache."""
+    data = base64.b64decode(text + "=" * (-len(text) % 4), altchars=b"-_", validate=True)
+    if _b64(data) != text:
+        raise ValueError("non-canonical base64")
+    return data
 
 
 def _mac(secret: bytes, signed_part: str) -> bytes:

@@ -24,7 +24,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import TYPE_CHECKING, Any
 
-from appauth.envelope import SealedTokens, TokenCipher
+from appauth.envelope import SealedTokens, TokenCipher, TokenDecryptionError
 from appauth.errors import StateReplayedError
 from appauth.models import TokenGrant
 from appauth.policy import DUE_SHARDS, RefreshPolicy, due_shard
@@ -76,14 +76,14 @@ class StoredAuthorization:
     user_id: str | None
     status: str
     version: int
-    token_issued_at: datetime
+    token_issued_at: datetime | None
     expires_at: datetime | None
     re_expires_at: datetime | None
     next_refresh_at: datetime | None
     merchant_ref: str | None
     granted_at: str | None
     updated_at: str | None
-    sealed: SealedTokens = field(repr=False)
+    sealed: SealedTokens | None = field(repr=False)
 
 
 @dataclass(frozen=True)
@@ -153,6 +153,7 @@ class TokenStore:
             "token_source = :source",
         ]
         removes = ["reauth_reason", "revoked_at", "lease_until", "lease_owner", "refresh_failures"]
+        # revoked_ms stays: it keeps refusing pairs issued before the cancellation.
         optional: dict[str, AttributeMap | None] = {
             "user_id": {"S": grant.user_id} if grant.user_id else None,
             "merchant_ref": {"S": merchant_ref} if merchant_ref else None,
@@ -167,7 +168,10 @@ class TokenStore:
             "TableName": self._table,
             "Key": {"pk": {"S": app_pk(grant.auth_app_id)}, "sk": {"S": AUTH_SK}},
             "UpdateExpression": f"SET {', '.join(sets)} REMOVE {', '.join(removes)}",
-            "ConditionExpression": "attribute_not_exists(pk) OR token_issued_at < :issued",
+            # Never over a newer pair, and never resurrect a merchant who cancelled after this
+            # pair was issued (a parked or in-flight pair landing after the cancellation).
+            "ConditionExpression": "(attribute_not_exists(token_issued_at) OR token_issued_at < :issued) "
+            "AND (attribute_not_exists(revoked_ms) OR revoked_ms < :issued)",
             "ExpressionAttributeNames": names,
             "ExpressionAttributeValues": values,
         }
@@ -197,23 +201,34 @@ class TokenStore:
 
     def open_tokens(self, stored: StoredAuthorization) -> tuple[str, str]:
         """(app_auth_token, app_refresh_token), decrypted. Needs kms:Decrypt on the token key."""
+        if stored.sealed is None:
+            raise TokenDecryptionError(
+                f"merchant app {stored.auth_app_id} has no stored pair (revoked first)"
+            )
         opened = self._cipher.open(stored.auth_app_id, stored.sealed)
         return opened["app_auth_token"], opened["app_refresh_token"]
 
     def mark_revoked(self, auth_app_id: str, *, cancelled_at: datetime, reason: str) -> bool:
-        """Revoke, unless the merchant re-authorized after the cancellation. True when changed."""
+        """Revoke, unless the merchant re-authorized after the cancellation. True when changed.
+
+        Works before any pair is stored too (a cancellation that overtakes a parked pair): the
+        item then records only the revocation, and ``save_grant`` refuses older pairs.
+        """
         now = self._clock()
         update: UpdateTypeDef = {
             "TableName": self._table,
             "Key": {"pk": {"S": app_pk(auth_app_id)}, "sk": {"S": AUTH_SK}},
-            "UpdateExpression": "SET #status = :revoked, revoked_at = :now, updated_at = :now, "
-            "version = version + :one REMOVE due_shard, next_refresh_at",
-            "ConditionExpression": "attribute_exists(pk) AND token_issued_at <= :cancelled "
-            "AND #status <> :revoked",
+            "UpdateExpression": "SET auth_app_id = :app, #status = :revoked, revoked_ms = :cancelled, "
+            "revoked_at = :now, updated_at = :now, version = if_not_exists(version, :zero) + :one "
+            "REMOVE due_shard, next_refresh_at, lease_until, lease_owner",
+            "ConditionExpression": "(attribute_not_exists(token_issued_at) OR token_issued_at <= :cancelled) "
+            "AND (attribute_not_exists(revoked_ms) OR revoked_ms < :cancelled)",
             "ExpressionAttributeNames": {"#status": "status"},
             "ExpressionAttributeValues": {
+                ":app": {"S": auth_app_id},
                 ":revoked": {"S": STATUS_REVOKED},
                 ":now": {"S": _iso(now)},
+                ":zero": {"N": "0"},
                 ":one": {"N": "1"},
                 ":cancelled": {"N": str(int(cancelled_at.timestamp() * 1000))},
             },
@@ -266,7 +281,7 @@ class TokenStore:
         return True
 
     def defer_refresh(
-        self, auth_app_id: str, *, version: int, until: datetime, reason: str
+        self, auth_app_id: str, *, version: int, owner: str, until: datetime, reason: str
     ) -> None:
         """Push a failed refresh back (and release the lease); counts consecutive failures."""
         now = self._clock()
@@ -275,19 +290,21 @@ class TokenStore:
             "Key": {"pk": {"S": app_pk(auth_app_id)}, "sk": {"S": AUTH_SK}},
             "UpdateExpression": "SET next_refresh_at = :until, updated_at = :now, "
             "refresh_failures = if_not_exists(refresh_failures, :zero) + :one REMOVE lease_until, lease_owner",
-            "ConditionExpression": "version = :version",
+            # Only the runner holding the lease may release it.
+            "ConditionExpression": "version = :version AND lease_owner = :owner",
             "ExpressionAttributeValues": {
                 ":until": {"N": _epoch(until)},
                 ":now": {"S": _iso(now)},
                 ":zero": {"N": "0"},
                 ":one": {"N": "1"},
                 ":version": {"N": str(version)},
+                ":owner": {"S": owner},
             },
         }
         event = self._event_item(
             auth_app_id, "refresh_deferred", {"reason": reason, "until": _iso(until)}, now
         )
-        # False means the item moved on (re-authorized, revoked): nothing to defer.
+        # False means the item moved on (re-authorized, revoked, leased by another): nothing to do.
         self._update_with_event(update, event)
 
     def _update_with_event(self, update: UpdateTypeDef, event: PutTypeDef) -> bool:
@@ -414,12 +431,14 @@ def _authorization_from_item(item: Mapping[str, Any]) -> StoredAuthorization:
         user_id=text("user_id"),
         status=item["status"]["S"],
         version=int(item["version"]["N"]),
-        token_issued_at=datetime.fromtimestamp(int(item["token_issued_at"]["N"]) / 1000, UTC),
+        token_issued_at=datetime.fromtimestamp(int(item["token_issued_at"]["N"]) / 1000, UTC)
+        if "token_issued_at" in item
+        else None,
         expires_at=_from_epoch(item.get("expires_at")),
         re_expires_at=_from_epoch(item.get("re_expires_at")),
         next_refresh_at=_from_epoch(item.get("next_refresh_at")),
         merchant_ref=text("merchant_ref"),
         granted_at=text("granted_at"),
         updated_at=text("updated_at"),
-        sealed=_sealed_from_item(item["tokens"]["M"]),
+        sealed=_sealed_from_item(item["tokens"]["M"]) if "tokens" in item else None,
     )
