@@ -6,7 +6,11 @@ included) and creates, against the endpoint boto3 is pointed at, exactly what th
 - every ``AWS::DynamoDB::Table`` with its key schema, attribute definitions, GSIs (projection
   included), billing mode, SSE, deletion protection, tags, TTL and point-in-time recovery;
 - every ``AWS::KMS::Key`` (rotation, key policy) and ``AWS::KMS::Alias``;
-- every ``AWS::SQS::Queue``.
+- every ``AWS::SQS::Queue`` (retention, visibility, redrive policy, SSE-KMS), after the keys,
+  so a ``KmsMasterKeyId`` of ``!Ref Key`` / ``!GetAtt Key.Arn`` names the local key.
+
+IAM roles are not emulated: moto does not enforce key policies or IAM, so the template's
+permissions are checked by reading the template (see ``tests/integration/test_stack.py``).
 
 Nothing else (functions, API, alarms) is emulated: handlers are called in-process by the tests.
 A property the builder cannot translate is an error (:class:`TemplateError`), never silently
@@ -46,6 +50,7 @@ IDEMPOTENCY_TABLE = "IdempotencyTable"
 TOKEN_KEY = "TokenKey"  # noqa: S105 - a logical id, not a secret
 TABLE_KEY = "TableKey"
 PARKED_QUEUE = "ParkedGrantsQueue"
+QUEUE_KEY = "QueueKey"
 
 # SSM parameter names under the prefix (the operator creates them; see README).
 SECRET_NAMES = {
@@ -491,6 +496,11 @@ class LocalStack:
         )
         spec = _environment_spec(self.template, function)
         return {name: str(resolver.resolve(value)) for name, value in spec.items()}
+
+    def resolve(self, value: Any) -> Any:
+        """A template value (long form, as :func:`load_template` gives it) resolved locally: the
+        stack name, region and account, the parameter defaults, and the local resources' ids."""
+        return self._resolver.resolve(value)
 
 
 def _client_factory(

@@ -17,6 +17,8 @@ import pytest
 
 from appauth_dev.stack import (
     DEFAULT_TEMPLATE,
+    PARKED_QUEUE,
+    QUEUE_KEY,
     SECRET_NAMES,
     TemplateError,
     create_local_stack,
@@ -122,16 +124,195 @@ def test_keys_aliases_and_queue_follow_the_template(local_stack: LocalStackEnv):
     kms = boto3.client("kms", region_name=REGION, endpoint_url=local_stack.endpoint_url)
     sqs = boto3.client("sqs", region_name=REGION, endpoint_url=local_stack.endpoint_url)
     stack = local_stack.stack
-    for key in (stack.token_key_id, stack.table_key_id):
+    queue_key = stack.resources[QUEUE_KEY]
+    for key in (stack.token_key_id, stack.table_key_id, queue_key):
         assert kms.get_key_rotation_status(KeyId=key)["KeyRotationEnabled"] is True
         policy = json.loads(kms.get_key_policy(KeyId=key, PolicyName="default")["Policy"])
         assert policy["Statement"][0]["Principal"] == {"AWS": "arn:aws:iam::123456789012:root"}
+        assert policy["Statement"][0]["Action"] == "kms:*"
     aliases = {a["AliasName"]: a.get("TargetKeyId") for a in kms.list_aliases()["Aliases"]}
     assert stack.token_key_id.endswith(str(aliases["alias/appauth-local-tokens"]))
     assert stack.table_key_id.endswith(str(aliases["alias/appauth-local-tables"]))
+    assert queue_key.endswith(str(aliases["alias/appauth-local-queues"]))
     attributes = sqs.get_queue_attributes(QueueUrl=stack.parked_queue_url, AttributeNames=["All"])
     assert attributes["Attributes"]["MessageRetentionPeriod"] == "1209600"
-    assert attributes["Attributes"]["SqsManagedSseEnabled"] == "true"
+    assert attributes["Attributes"]["VisibilityTimeout"] == "360"
+
+
+def test_both_queues_are_encrypted_with_the_local_queue_key(local_stack: LocalStackEnv):
+    """SSE-KMS under QueueKey (not SSE-SQS): the template's !GetAtt resolves to the local key."""
+    sqs = boto3.client("sqs", region_name=REGION, endpoint_url=local_stack.endpoint_url)
+    stack = local_stack.stack
+    queue_key = stack.resources[QUEUE_KEY]
+    assert queue_key.startswith("arn:aws:kms:us-east-1:123456789012:key/")
+    queues = {
+        logical_id: resource["Properties"]
+        for logical_id, resource in TEMPLATE["Resources"].items()
+        if resource["Type"] == "AWS::SQS::Queue"
+    }
+    assert set(queues) == {PARKED_QUEUE, "ParkedGrantsDeadLetterQueue"}
+    for logical_id, props in queues.items():
+        assert props["KmsMasterKeyId"] == {"Fn::GetAtt": [QUEUE_KEY, "Arn"]}
+        assert "SqsManagedSseEnabled" not in props
+        attributes = sqs.get_queue_attributes(
+            QueueUrl=stack.resources[logical_id], AttributeNames=["All"]
+        )["Attributes"]
+        assert attributes["KmsMasterKeyId"] == queue_key
+    dead_letter_arn = sqs.get_queue_attributes(
+        QueueUrl=stack.resources["ParkedGrantsDeadLetterQueue"], AttributeNames=["QueueArn"]
+    )["Attributes"]["QueueArn"]
+    redrive = sqs.get_queue_attributes(
+        QueueUrl=stack.parked_queue_url, AttributeNames=["RedrivePolicy"]
+    )["Attributes"]["RedrivePolicy"]
+    assert json.loads(redrive) == {"deadLetterTargetArn": dead_letter_arn, "maxReceiveCount": 5}
+
+
+# ---------------------------------------------------------------- IAM (read from the template:
+# moto enforces neither IAM nor key policies, so the permissions are checked as declared)
+
+FUNCTION_ROLES = {
+    "CallbackFunction": "CallbackRole",
+    "RefreshFunction": "RefreshRole",
+    "TokenQueryFunction": "TokenQueryRole",
+}
+
+
+def _statements(role: str) -> dict[str, dict[str, Any]]:
+    """The role's inline policy statements by Sid (one policy per role)."""
+    (policy,) = TEMPLATE["Resources"][role]["Properties"]["Policies"]
+    statements = policy["PolicyDocument"]["Statement"]
+    by_sid = {statement["Sid"]: statement for statement in statements}
+    assert len(by_sid) == len(statements)
+    return by_sid
+
+
+def _actions(statement: dict[str, Any]) -> set[str]:
+    action = statement["Action"]
+    return {action} if isinstance(action, str) else set(action)
+
+
+def _granted(role: str) -> set[str]:
+    return {action for s in _statements(role).values() for action in _actions(s)}
+
+
+def _role_arn(local_stack: LocalStackEnv, role: str) -> str:
+    name = local_stack.stack.resolve(TEMPLATE["Resources"][role]["Properties"]["RoleName"])
+    return f"arn:aws:iam::123456789012:role/{name}"
+
+
+def test_every_function_runs_as_its_own_role_from_the_template():
+    for function, role in FUNCTION_ROLES.items():
+        props = TEMPLATE["Resources"][function]["Properties"]
+        assert props["Role"] == {"Fn::GetAtt": [role, "Arn"]}
+        assert "Policies" not in props  # ignored by SAM next to Role: keep them on the role
+        role_props = TEMPLATE["Resources"][role]["Properties"]
+        (trust,) = role_props["AssumeRolePolicyDocument"]["Statement"]
+        assert trust["Principal"] == {"Service": "lambda.amazonaws.com"}
+        assert trust["Action"] == "sts:AssumeRole"
+        assert "ManagedPolicyArns" not in role_props
+        # Logs only to the function's own group; X-Ray write only.
+        statements = _statements(role)
+        log_group = props["LoggingConfig"]["LogGroup"]["Ref"]
+        assert statements["WriteOwnLogs"]["Resource"] == {"Fn::GetAtt": [log_group, "Arn"]}
+        assert _actions(statements["WriteOwnLogs"]) == {"logs:CreateLogStream", "logs:PutLogEvents"}
+        assert _actions(statements["WriteTraces"]) == {
+            "xray:PutTraceSegments",
+            "xray:PutTelemetryRecords",
+        }
+
+
+def test_callback_finishes_inside_the_http_api_integration_limit():
+    """HTTP API waits 30 s for an integration: the callback must time out before it does."""
+    assert TEMPLATE["Resources"]["CallbackFunction"]["Properties"]["Timeout"] == 29
+
+
+def test_role_names_fit_iam_limits_for_long_stack_names():
+    """RoleName is at most 64 characters; the naming leaves a stack name of 46 (longest region 14)."""
+    for role in FUNCTION_ROLES.values():
+        name = TEMPLATE["Resources"][role]["Properties"]["RoleName"]["Fn::Sub"]
+        longest = name.replace("${AWS::StackName}", "s" * 46).replace(
+            "${AWS::Region}", "ap-southeast-4"
+        )
+        assert len(longest) <= 64, (role, len(longest))
+        assert "${AWS::Region}" in name  # IAM is global: one stack name in two regions
+
+
+def test_only_refresh_and_token_query_roles_may_decrypt_tokens(local_stack: LocalStackEnv):
+    kms = boto3.client("kms", region_name=REGION, endpoint_url=local_stack.endpoint_url)
+    policy = json.loads(
+        kms.get_key_policy(KeyId=local_stack.stack.token_key_id, PolicyName="default")["Policy"]
+    )
+    administers, deny = policy["Statement"]
+    assert administers["Effect"] == "Allow"
+    assert administers["Action"] == "kms:*"
+    assert deny["Effect"] == "Deny"
+    assert deny["Principal"] == {"AWS": "*"}
+    # Decrypt (and its equivalent ReEncryptFrom) only: administration stays with the account.
+    assert set(deny["Action"]) == {"kms:Decrypt", "kms:ReEncryptFrom"}
+    excepted = deny["Condition"]["ArnNotEquals"]["aws:PrincipalArn"]
+    assert sorted(excepted) == sorted(
+        [_role_arn(local_stack, "RefreshRole"), _role_arn(local_stack, "TokenQueryRole")]
+    )
+    assert _role_arn(local_stack, "CallbackRole") not in excepted
+    # ...and the roles that are excepted are the ones granted kms:Decrypt on TokenKey.
+    token_key = {"Fn::GetAtt": ["TokenKey", "Arn"]}
+    decrypting = {
+        role
+        for role in FUNCTION_ROLES.values()
+        for s in _statements(role).values()
+        if s["Resource"] == token_key and "kms:Decrypt" in _actions(s)
+    }
+    assert decrypting == {"RefreshRole", "TokenQueryRole"}
+
+
+def test_function_permissions_are_the_ones_the_code_uses():
+    callback, refresh, token_query = (_granted(role) for role in FUNCTION_ROLES.values())
+    for granted in (callback, refresh, token_query):
+        assert not {a for a in granted if a.startswith("events:")}  # nothing publishes yet
+        assert "ssm:GetParameters" not in granted  # SSMProvider.get calls GetParameter
+        assert not {a for a in granted if "*" in a}
+    assert "dynamodb:Query" not in callback  # TokenStore.events() is for tests only
+    assert _statements("RefreshRole")["QueryDueIndex"]["Resource"] == {
+        "Fn::Sub": "${TokensTable.Arn}/index/due"
+    }
+    assert _actions(_statements("CallbackRole")["IdempotencyRecords"]) == {
+        "dynamodb:GetItem",
+        "dynamodb:PutItem",
+        "dynamodb:UpdateItem",
+        "dynamodb:DeleteItem",
+    }
+    assert token_query == {
+        "logs:CreateLogStream",
+        "logs:PutLogEvents",
+        "xray:PutTraceSegments",
+        "xray:PutTelemetryRecords",
+        "dynamodb:GetItem",
+        "kms:Decrypt",
+        "kms:DescribeKey",
+    }
+
+
+def test_queue_key_use_is_through_sqs_only_and_matches_each_roles_queue_use():
+    queue_key = {"Fn::GetAtt": [QUEUE_KEY, "Arn"]}
+    via_sqs = {"kms:ViaService": {"Fn::Sub": "sqs.${AWS::Region}.amazonaws.com"}}
+    expected = {
+        # SendMessage to an SSE-KMS queue: GenerateDataKey and Decrypt.
+        "CallbackRole": ({"sqs:SendMessage"}, {"kms:GenerateDataKey", "kms:Decrypt"}),
+        # Producer and consumer.
+        "RefreshRole": (
+            {"sqs:SendMessage", "sqs:ReceiveMessage", "sqs:DeleteMessage"},
+            {"kms:GenerateDataKey", "kms:Decrypt"},
+        ),
+        "TokenQueryRole": (set(), set()),
+    }
+    for role, (sqs_actions, kms_actions) in expected.items():
+        statements = _statements(role).values()
+        on_key = [s for s in statements if s["Resource"] == queue_key]
+        on_queues = {a for s in statements for a in _actions(s) if a.startswith("sqs:")}
+        assert on_queues == sqs_actions
+        assert {a for s in on_key for a in _actions(s)} == kms_actions
+        for statement in on_key:
+            assert statement["Condition"] == {"StringEquals": via_sqs}
 
 
 def test_changing_the_template_changes_the_tables(aws_env: str, tmp_path: Path):
@@ -239,6 +420,8 @@ def test_environment_names_are_the_templates(local_stack: LocalStackEnv):
         "POWERTOOLS_METRICS_NAMESPACE": "AlipayAppAuth",
         "POWERTOOLS_PARAMETERS_MAX_AGE": "300",
         "POWERTOOLS_LOG_LEVEL": "INFO",
+        "POWERTOOLS_TRACER_CAPTURE_RESPONSE": "false",
+        "POWERTOOLS_TRACER_CAPTURE_ERROR": "true",
     }
 
 
