@@ -44,18 +44,24 @@ REGION = "us-east-1"
 
 @dataclass
 class FakeContext:
-    """The attributes of Lambda's context object that Powertools reads."""
+    """The attributes of Lambda's context object that Powertools reads (logger, idempotency)."""
 
-    function_name: str
+    function_name: str = "appauth-local"
     memory_limit_in_mb: int = 256
     aws_request_id: str = field(default_factory=lambda: str(uuid.uuid4()))
+    remaining_ms: int = 30_000
+    function_version: str = "$LATEST"
 
     @property
     def invoked_function_arn(self) -> str:
         return f"arn:aws:lambda:{REGION}:123456789012:function:{self.function_name}"
 
+    @property
+    def log_group_name(self) -> str:
+        return f"/aws/lambda/{self.function_name}"
+
     def get_remaining_time_in_millis(self) -> int:
-        return 30_000
+        return self.remaining_ms
 
 
 def http_event(

@@ -7,15 +7,16 @@ from __future__ import annotations
 import base64
 import copy
 import json
-import uuid
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 from urllib.parse import parse_qsl, urlencode, urlsplit
 
 import boto3
 import requests
+
+from appauth_dev.local_service import FakeContext
 
 if TYPE_CHECKING:
     from mypy_boto3_dynamodb import DynamoDBClient
@@ -24,24 +25,6 @@ EVENTS_DIR = Path(__file__).resolve().parents[2] / "events"
 REGION = "us-east-1"
 
 Handler = Callable[[dict[str, Any], Any], dict[str, Any]]
-
-
-@dataclass
-class FakeLambdaContext:
-    """What Powertools reads from the Lambda context (logger, idempotency)."""
-
-    function_name: str = "appauth-local-callback"
-    memory_limit_in_mb: int = 256
-    invoked_function_arn: str = (
-        "arn:aws:lambda:us-east-1:123456789012:function:appauth-local-callback"
-    )
-    aws_request_id: str = field(default_factory=lambda: str(uuid.uuid4()))
-    function_version: str = "$LATEST"
-    log_group_name: str = "/aws/lambda/appauth-local-callback"
-    log_stream_name: str = "2026/11/21/[$LATEST]0123456789abcdef"
-
-    def get_remaining_time_in_millis(self) -> int:
-        return 15_000
 
 
 @dataclass(frozen=True)
@@ -85,7 +68,9 @@ def with_body(event: dict[str, Any], body: str) -> dict[str, Any]:
 
 
 def invoke(handler: Handler, event: dict[str, Any]) -> HttpResponse:
-    result = handler(event, FakeLambdaContext())
+    result = handler(
+        event, FakeContext(function_name="appauth-local-callback", remaining_ms=15_000)
+    )
     body = result.get("body") or ""
     if result.get("isBase64Encoded"):
         body = base64.b64decode(body).decode("utf-8")

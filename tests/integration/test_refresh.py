@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import importlib
 import json
-from dataclasses import dataclass, replace
+from dataclasses import replace
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -23,6 +23,7 @@ from appauth.parking import park_grants
 from appauth.refresh import TRANSIENT_RETRY
 from appauth.runtime import runtime
 from appauth.store import STATUS_GRANTED, app_pk
+from appauth_dev.local_service import FakeContext
 from tests.integration.conftest import REGION, ServiceStack
 
 EVENT = json.loads(
@@ -30,18 +31,6 @@ EVENT = json.loads(
 )
 TOKEN_METHOD = "alipay.open.auth.token.app"
 LONG_AGO = timedelta(days=400)
-
-
-@dataclass
-class FakeContext:
-    function_name: str = "appauth-refresh"
-    memory_limit_in_mb: int = 256
-    invoked_function_arn: str = "arn:aws:lambda:us-east-1:123456789012:function:appauth-refresh"
-    aws_request_id: str = "6f1c3c2e-0000-4000-8000-000000000002"
-    remaining_ms: int = 300_000
-
-    def get_remaining_time_in_millis(self) -> int:
-        return self.remaining_ms
 
 
 @pytest.fixture
@@ -52,7 +41,9 @@ def cold_start(service: ServiceStack) -> ServiceStack:
 
 
 def run(context: FakeContext | None = None) -> dict[str, int]:
-    result: dict[str, int] = refresh_app.lambda_handler(EVENT, context or FakeContext())
+    result: dict[str, int] = refresh_app.lambda_handler(
+        EVENT, context or FakeContext(function_name="appauth-refresh", remaining_ms=300_000)
+    )
     return result
 
 
@@ -290,7 +281,7 @@ def test_a_run_short_of_time_leaves_merchants_for_the_next_run(cold_start: Servi
     due = [store_pair(grant, age=LONG_AGO) for grant in exchange(service, batch_size=2)]
     before = token_calls(service)
 
-    result = run(FakeContext(remaining_ms=20_000))
+    result = run(FakeContext(function_name="appauth-refresh", remaining_ms=20_000))
 
     assert result["due"] == result["stopped_early"] == 2
     assert result["refreshed"] == 0

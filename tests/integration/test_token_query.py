@@ -12,7 +12,6 @@ import json
 import logging
 from collections import Counter
 from collections.abc import Iterator
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -25,20 +24,13 @@ from appauth.lookup import LookupCache
 from appauth.models import TokenGrant
 from appauth.runtime import runtime
 from appauth.store import STATUS_GRANTED, STATUS_REVOKED
+from appauth_dev.local_service import FakeContext
 from tests.integration.conftest import ServiceStack
 
 EVENT = json.loads(
     (Path(__file__).parents[2] / "events" / "token_query.json").read_text(encoding="utf-8")
 )
 CACHE_SECONDS = 30.0
-
-
-@dataclass
-class FakeContext:
-    function_name: str = "appauth-token-query"
-    memory_limit_in_mb: int = 256
-    invoked_function_arn: str = "arn:aws:lambda:us-east-1:123456789012:function:appauth-token-query"
-    aws_request_id: str = "6f1c3c2e-0000-4000-8000-000000000001"
 
 
 class Clock:
@@ -88,7 +80,9 @@ def function_logs(clock: Clock) -> Iterator[io.StringIO]:
 
 
 def invoke(event: Any) -> dict[str, Any]:
-    result: dict[str, Any] = token_query_app.lambda_handler(event, FakeContext())
+    result: dict[str, Any] = token_query_app.lambda_handler(
+        event, FakeContext(function_name="appauth-token-query")
+    )
     return result
 
 
