@@ -20,7 +20,6 @@ from aws_lambda_powertools.utilities.idempotency import (
 )
 from aws_lambda_powertools.utilities.idempotency.exceptions import IdempotencyAlreadyInProgressError
 from aws_lambda_powertools.utilities.typing import LambdaContext
-from callback_pages import error_page, result_page, start_page
 
 from appauth import aws
 from appauth.authorization import (
@@ -39,6 +38,7 @@ from appauth.errors import (
 )
 from appauth.notifications import handle_notification
 from appauth.runtime import runtime
+from callback_pages import error_page, result_page, start_page
 
 logger = Logger()
 tracer = Tracer()

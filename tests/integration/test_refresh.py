@@ -15,9 +15,9 @@ from typing import Any
 
 import boto3
 import pytest
-import refresh_app
 import requests
 
+import refresh_app
 from appauth.models import TokenGrant
 from appauth.parking import park_grants
 from appauth.refresh import TRANSIENT_RETRY

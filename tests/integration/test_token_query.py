@@ -17,8 +17,8 @@ from typing import Any
 
 import pytest
 import requests
-import token_query_app
 
+import token_query_app
 from appauth import aws
 from appauth.lookup import LookupCache
 from appauth.models import TokenGrant
