@@ -130,7 +130,7 @@ def test_a_new_grant_is_stored_sealed_with_version_1_and_audited(
 ):
     pair = grant()
     result = store.save_grant(pair, source="authorization", merchant_ref="shop-42")
-    assert (result.auth_app_id, result.stored, result.version) == (MERCHANT, True, 1)
+    assert (result.auth_app_id, result.stored) == (MERCHANT, True)
 
     stored = store.get(MERCHANT)
     assert stored is not None
@@ -171,7 +171,7 @@ def test_re_authorization_replaces_the_pair_and_bumps_the_version(store):
     later = NOW + timedelta(days=3)
     newer = grant(received_at=later, tag="new")
     result = store.save_grant(newer, source="authorization")
-    assert (result.stored, result.version) == (True, 2)
+    assert result.stored
     stored = store.get(MERCHANT)
     assert stored is not None
     assert stored.version == 2
@@ -187,7 +187,7 @@ def test_an_older_pair_never_overwrites_a_newer_one(store):
     store.save_grant(newer, source="refresh")
     for received_at in (NOW - timedelta(seconds=1), NOW):  # older, and the same instant
         result = store.save_grant(grant(received_at=received_at, tag="old"), source="parked")
-        assert (result.stored, result.version) == (False, 1)
+        assert not result.stored
     stored = store.get(MERCHANT)
     assert stored is not None
     assert stored.version == 1
@@ -346,7 +346,8 @@ def test_mark_revoked_takes_the_item_out_of_the_due_index(
 
     # A re-authorization after the cancellation brings it back, due index included.
     later = grant(received_at=NOW + timedelta(days=1), tag="again")
-    assert store.save_grant(later, source="authorization").version == 3
+    assert store.save_grant(later, source="authorization").stored
+    assert store.get(MERCHANT).version == 3
     back = store.get(MERCHANT)
     assert back is not None
     assert back.status == STATUS_GRANTED

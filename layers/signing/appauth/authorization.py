@@ -19,6 +19,7 @@ from botocore.exceptions import BotoCoreError, ClientError
 
 from appauth.authorize_url import DEFAULT_BATCH_TYPES, authorization_url, parse_application_types
 from appauth.client import AlipayClient
+from appauth.credentials import is_app_id
 from appauth.errors import (
     AlipayError,
     AlipayUnavailableError,
@@ -30,12 +31,10 @@ from appauth.errors import (
     WrongAppError,
 )
 from appauth.models import TokenGrant
-from appauth.state import issue_state, validate_merchant_ref, verify_state
+from appauth.state import MAX_STATE_LENGTH, issue_state, validate_merchant_ref, verify_state
 from appauth.store import TokenStore
 
 CODE_PATTERN = re.compile(r"^[A-Za-z0-9]{8,64}$")
-APP_ID_PATTERN = re.compile(r"^[0-9]{1,32}$")
-MAX_STATE_LENGTH = 1024
 
 
 class Parker(Protocol):
@@ -125,7 +124,7 @@ class CallbackRequest:
         state = query.get("state", "")
         if not app_id or not code:
             raise InvalidRequestError("app_id and app_auth_code are required")
-        if not APP_ID_PATTERN.match(app_id):
+        if not is_app_id(app_id):
             raise InvalidRequestError("app_id is malformed")
         if not CODE_PATTERN.match(code):
             raise InvalidRequestError("app_auth_code is malformed")

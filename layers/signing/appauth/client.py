@@ -281,11 +281,10 @@ class AlipayClient:
         for number in range(1, self._retry.attempts + 1):
             try:
                 return attempt()
-            except OutcomeUnknownError:
-                raise
             except TransportError as error:
-                # Reaching here means either a safe call or a request that never left.
-                if number == self._retry.attempts:
+                # Never resent once it may have reached Alipay: OutcomeUnknownError is not
+                # transient. Otherwise it is a safe call, or a request that never left.
+                if not error.transient or number == self._retry.attempts:
                     raise
                 logger.warning(
                     "Alipay call failed, retrying", extra={"attempt": number, "error": str(error)}

@@ -7,6 +7,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 
 from appauth.client import Endpoints, Protocol
+from appauth.credentials import is_app_id
 from appauth.errors import ConfigError
 
 SIGNING_MODES = ("key", "cert")
@@ -64,7 +65,7 @@ class Settings:
         if not prefix.startswith("/"):
             raise ConfigError("must start with '/'", parameter="SSM_PREFIX")
         app_id = required("APP_ID")
-        if not (app_id.isascii() and app_id.isdigit()):
+        if not is_app_id(app_id):
             raise ConfigError("must be the numeric Alipay app id", parameter="APP_ID")
         return cls(
             app_id=app_id,

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
+from typing import TypeGuard
 
 from cryptography.hazmat.primitives.asymmetric import rsa
 
@@ -18,6 +20,12 @@ from appauth.keys import (
 )
 
 SIGN_TYPES = ("RSA2", "RSA")
+APP_ID_PATTERN = re.compile(r"^[0-9]{1,32}$")
+
+
+def is_app_id(value: object) -> TypeGuard[str]:
+    """An Alipay app id (the ISV's or a merchant's ``auth_app_id``): ASCII digits only."""
+    return isinstance(value, str) and APP_ID_PATTERN.fullmatch(value) is not None
 
 
 @dataclass(frozen=True)
@@ -37,7 +45,7 @@ class AppCredentials:
     sign_type: str = "RSA2"
 
     def __post_init__(self) -> None:
-        if not (self.app_id.isascii() and self.app_id.isdigit()):
+        if not is_app_id(self.app_id):
             raise ConfigError(
                 "must be the numeric Alipay app id, e.g. 2021000100000001", parameter="app_id"
             )

@@ -13,13 +13,14 @@ rotated or replaced and old items still decrypt.
 
 from __future__ import annotations
 
+import base64
 import os
 import threading
 import time
 from collections import OrderedDict
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from botocore.exceptions import ClientError
 from cryptography.exceptions import InvalidTag
@@ -59,6 +60,25 @@ class SealedTokens:
     wrapped_key: bytes = field(repr=False)
     fields: Mapping[str, bytes] = field(repr=False)
     algorithm: str = ALGORITHM
+
+
+def sealed_to_json(sealed: SealedTokens) -> dict[str, Any]:
+    """A JSON-safe form (base64), e.g. for a parked message."""
+    return {
+        "key_id": sealed.key_id,
+        "alg": sealed.algorithm,
+        "wrapped_key": base64.b64encode(sealed.wrapped_key).decode("ascii"),
+        "fields": {k: base64.b64encode(v).decode("ascii") for k, v in sealed.fields.items()},
+    }
+
+
+def sealed_from_json(data: Mapping[str, Any]) -> SealedTokens:
+    return SealedTokens(
+        key_id=data["key_id"],
+        wrapped_key=base64.b64decode(data["wrapped_key"]),
+        fields={k: base64.b64decode(v) for k, v in data["fields"].items()},
+        algorithm=data.get("alg", ALGORITHM),
+    )
 
 
 def encryption_context(auth_app_id: str) -> dict[str, str]:

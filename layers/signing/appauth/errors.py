@@ -17,6 +17,7 @@ class ConfigError(AppAuthError):
 
     def __init__(self, message: str, *, parameter: str | None = None) -> None:
         self.parameter = parameter
+        self.message = message  # without the parameter, so it can be re-labelled
         super().__init__(f"{parameter}: {message}" if parameter else message)
 
 

@@ -6,7 +6,6 @@ Alipay, so a few seconds of staleness is safe, while a revocation must show quic
 
 from __future__ import annotations
 
-import re
 import threading
 import time
 from collections.abc import Callable, Mapping
@@ -14,10 +13,9 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
+from appauth.credentials import is_app_id
 from appauth.errors import InvalidRequestError
 from appauth.store import STATUS_GRANTED, TokenStore
-
-AUTH_APP_ID_PATTERN = re.compile(r"^[0-9]{1,32}$")
 
 
 @dataclass(frozen=True)
@@ -35,7 +33,7 @@ class TokenQuery:
                 'the event must be a JSON object like {"auth_app_id": "2021..."}'
             )
         auth_app_id = event.get("auth_app_id")
-        if not isinstance(auth_app_id, str) or not AUTH_APP_ID_PATTERN.match(auth_app_id):
+        if not is_app_id(auth_app_id):
             raise InvalidRequestError("auth_app_id must be the merchant app's numeric id")
         consistent = event.get("consistent", False)
         if not isinstance(consistent, bool):

@@ -24,6 +24,10 @@ class TokenGrant:
     re_expires_in: int | None
     received_at: datetime
 
+    def secrets(self) -> dict[str, str]:
+        """The two values that are sealed at rest, by field name."""
+        return {"app_auth_token": self.app_auth_token, "app_refresh_token": self.app_refresh_token}
+
     @property
     def expires_at(self) -> datetime | None:
         return (

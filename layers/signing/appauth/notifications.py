@@ -23,7 +23,7 @@ from appauth.authorization import Parker, store_grants
 from appauth.credentials import AppCredentials
 from appauth.errors import InvalidRequestError, UnexpectedResponseError, WrongAppError
 from appauth.models import TokenGrant, parse_token_response
-from appauth.signing import BEIJING, parse_form, verify_notification
+from appauth.signing import parse_beijing_timestamp, parse_form, verify_notification
 from appauth.state import MERCHANT_REF_PATTERN
 from appauth.store import TokenStore
 
@@ -57,13 +57,8 @@ def _millis(value: Any, fallback: datetime | None) -> datetime | None:
 
 
 def _beijing(value: str | None) -> datetime | None:
-    """``yyyy-MM-dd HH:mm:ss`` in Beijing time (notify_time), as an aware UTC datetime."""
     try:
-        return (
-            datetime.strptime(value or "", "%Y-%m-%d %H:%M:%S")
-            .replace(tzinfo=BEIJING)
-            .astimezone(UTC)
-        )
+        return parse_beijing_timestamp(value or "")
     except ValueError:
         return None
 

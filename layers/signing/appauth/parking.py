@@ -8,7 +8,6 @@ deletes each message only after its pair is stored (or a newer pair made it obso
 
 from __future__ import annotations
 
-import base64
 import json
 import logging
 from collections.abc import Sequence
@@ -17,7 +16,7 @@ from typing import TYPE_CHECKING, Any
 
 from botocore.exceptions import BotoCoreError, ClientError
 
-from appauth.envelope import SealedTokens, TokenCipher
+from appauth.envelope import TokenCipher, sealed_from_json, sealed_to_json
 from appauth.errors import AppAuthError
 from appauth.models import TokenGrant
 
@@ -38,32 +37,17 @@ def _encode_grant(grant: TokenGrant, cipher: TokenCipher) -> dict[str, Any]:
         "re_expires_in": grant.re_expires_in,
         "received_at": grant.received_at.isoformat(),
     }
-    tokens = {"app_auth_token": grant.app_auth_token, "app_refresh_token": grant.app_refresh_token}
     try:
-        sealed = cipher.seal(grant.auth_app_id, tokens)
+        entry["sealed"] = sealed_to_json(cipher.seal(grant.auth_app_id, grant.secrets()))
     except (BotoCoreError, ClientError):
-        # KMS is down too: the queue's own encryption at rest still protects the pair.
-        entry["tokens"] = tokens
-    else:
-        entry["sealed"] = {
-            "key_id": sealed.key_id,
-            "wrapped_key": base64.b64encode(sealed.wrapped_key).decode("ascii"),
-            "fields": {k: base64.b64encode(v).decode("ascii") for k, v in sealed.fields.items()},
-        }
+        # KMS is down too: the queue's own KMS encryption at rest still protects the pair.
+        entry["tokens"] = grant.secrets()
     return entry
 
 
 def _decode_grant(entry: dict[str, Any], cipher: TokenCipher) -> TokenGrant:
     if "sealed" in entry:
-        raw = entry["sealed"]
-        tokens = cipher.open(
-            entry["auth_app_id"],
-            SealedTokens(
-                key_id=raw["key_id"],
-                wrapped_key=base64.b64decode(raw["wrapped_key"]),
-                fields={k: base64.b64decode(v) for k, v in raw["fields"].items()},
-            ),
-        )
+        tokens = cipher.open(entry["auth_app_id"], sealed_from_json(entry["sealed"]))
     else:
         tokens = entry["tokens"]
     return TokenGrant(

@@ -30,7 +30,7 @@ from appauth.errors import (
     TransportError,
     UnexpectedResponseError,
 )
-from appauth.store import TokenStore
+from appauth.store import StoredAuthorization, TokenStore
 
 logger = logging.getLogger(__name__)
 
@@ -75,27 +75,20 @@ def refresh_due(
             report.stopped_early += 1  # still due: the next run takes it
             continue
         now = clock()
-        if not store.acquire_lease(
+        leased = store.acquire_lease(
             auth_app_id, version=version, now=now, seconds=LEASE_SECONDS, owner=owner
-        ):
+        )
+        if leased is None:
             report.skipped_leased += 1
             continue
         _refresh_one(
-            auth_app_id,
-            version,
-            store=store,
-            client=client,
-            park=park,
-            now=now,
-            owner=owner,
-            report=report,
+            leased, store=store, client=client, park=park, now=now, owner=owner, report=report
         )
     return report
 
 
 def _refresh_one(
-    auth_app_id: str,
-    version: int,
+    stored: StoredAuthorization,
     *,
     store: TokenStore,
     client: AlipayClient,
@@ -104,10 +97,7 @@ def _refresh_one(
     owner: str,
     report: RefreshReport,
 ) -> None:
-    stored = store.get(auth_app_id)
-    if stored is None or stored.version != version:
-        report.skipped_leased += 1
-        return
+    auth_app_id, version = stored.auth_app_id, stored.version
     try:
         _, refresh_token = store.open_tokens(stored)
     except TokenDecryptionError:

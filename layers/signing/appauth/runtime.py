@@ -24,7 +24,6 @@ from appauth.secrets import load_credentials, load_state_secret
 from appauth.store import TokenStore
 
 if TYPE_CHECKING:
-    import requests
     from aws_lambda_powertools.utilities.parameters import SSMProvider
 
 
@@ -32,7 +31,6 @@ class Runtime:
     def __init__(self, settings: Settings) -> None:
         self.settings = settings
         self._client: AlipayClient | None = None
-        self._session: requests.Session | None = None
 
     @cached_property
     def parameters(self) -> SSMProvider:

@@ -79,7 +79,7 @@ def load_credentials(settings: Settings, provider: SSMProvider) -> AppCredential
         # Name the SSM parameter that holds the bad value, not only the key's role.
         role = (error.parameter or "").replace(" ", "-")
         parameter = f"{settings.ssm_prefix}/{role}" if role else settings.ssm_prefix
-        raise ConfigError(str(error).split(": ", 1)[-1], parameter=parameter) from None
+        raise ConfigError(error.message, parameter=parameter) from None
     _credentials_cache.clear()  # only the current version is worth keeping
     _credentials_cache[fingerprint] = credentials
     return credentials

@@ -27,6 +27,7 @@ from appauth.errors import AlipayError, SignatureError
 
 BEIJING = timezone(timedelta(hours=8), "Asia/Shanghai")
 SUCCESS_CODE = "10000"
+TIMESTAMP_FORMAT = "%Y-%m-%d %H:%M:%S"
 ERROR_NODE = "error_response"
 FORM_CONTENT_TYPE = "application/x-www-form-urlencoded;charset=utf-8"
 _HASHES: dict[str, type[hashes.HashAlgorithm]] = {"RSA2": hashes.SHA256, "RSA": hashes.SHA1}
@@ -47,7 +48,12 @@ def beijing_timestamp(now: datetime | None = None) -> str:
     moment = now if now is not None else datetime.now(UTC)
     if moment.tzinfo is None:
         raise ValueError("timestamp needs an aware datetime")
-    return moment.astimezone(BEIJING).strftime("%Y-%m-%d %H:%M:%S")
+    return moment.astimezone(BEIJING).strftime(TIMESTAMP_FORMAT)
+
+
+def parse_beijing_timestamp(text: str) -> datetime:
+    """The inverse of :func:`beijing_timestamp` (e.g. a notification's ``notify_time``), in UTC."""
+    return datetime.strptime(text, TIMESTAMP_FORMAT).replace(tzinfo=BEIJING).astimezone(UTC)
 
 
 def sign_content(params: Mapping[str, str | None], *, exclude: tuple[str, ...] = ("sign",)) -> str:

@@ -35,7 +35,6 @@ if TYPE_CHECKING:
     from mypy_boto3_dynamodb.type_defs import PutTypeDef, UpdateTypeDef
 
 STATUS_GRANTED = "granted"
-STATUS_NEEDS_REAUTH = "needs_reauth"
 STATUS_REVOKED = "revoked"
 AUTH_SK = "AUTH"
 DUE_INDEX = "due"
@@ -57,17 +56,25 @@ def _epoch(moment: datetime) -> str:
     return str(int(moment.timestamp()))
 
 
+def epoch_ms(moment: datetime) -> str:
+    """Milliseconds since the epoch: how token issue and cancellation times are ordered."""
+    return str(int(moment.timestamp() * 1000))
+
+
+def from_epoch_ms(value: int | str) -> datetime:
+    return datetime.fromtimestamp(int(value) / 1000, UTC)
+
+
 def _from_epoch(value: Mapping[str, str] | None) -> datetime | None:
     return None if value is None else datetime.fromtimestamp(int(value["N"]), UTC)
 
 
 @dataclass(frozen=True)
 class SaveResult:
-    """``stored`` is False when a newer pair was already there (this one is older: kept out)."""
+    """``stored`` is False when a newer pair (or a later cancellation) was already there."""
 
     auth_app_id: str
     stored: bool
-    version: int
 
 
 @dataclass(frozen=True)
@@ -120,16 +127,13 @@ class TokenStore:
     ) -> SaveResult:
         """Store a pair Alipay returned, unless a pair issued later is already stored."""
         now = self._clock()
-        sealed = self._cipher.seal(
-            grant.auth_app_id,
-            {"app_auth_token": grant.app_auth_token, "app_refresh_token": grant.app_refresh_token},
-        )
+        sealed = self._cipher.seal(grant.auth_app_id, grant.secrets())
         next_refresh = self._policy.next_refresh_at(
             grant.auth_app_id, grant.received_at, grant.re_expires_at
         )
         names = {"#status": "status"}
         values: AttributeMap = {
-            ":issued": {"N": str(int(grant.received_at.timestamp() * 1000))},
+            ":issued": {"N": epoch_ms(grant.received_at)},
             ":granted": {"S": STATUS_GRANTED},
             ":one": {"N": "1"},
             ":zero": {"N": "0"},
@@ -152,7 +156,7 @@ class TokenStore:
             "updated_at = :now",
             "token_source = :source",
         ]
-        removes = ["reauth_reason", "revoked_at", "lease_until", "lease_owner", "refresh_failures"]
+        removes = ["revoked_at", "lease_until", "lease_owner", "refresh_failures"]
         # revoked_ms stays: it keeps refusing pairs issued before the cancellation.
         optional: dict[str, AttributeMap | None] = {
             "user_id": {"S": grant.user_id} if grant.user_id else None,
@@ -182,13 +186,9 @@ class TokenStore:
             now,
         )
         if not self._update_with_event(update, event):
-            current = self.get(grant.auth_app_id)
             self.record_event(grant.auth_app_id, "older_pair_ignored", {"source": source}, now)
-            return SaveResult(
-                grant.auth_app_id, stored=False, version=current.version if current else 0
-            )
-        stored = self.get(grant.auth_app_id)
-        return SaveResult(grant.auth_app_id, stored=True, version=stored.version if stored else 1)
+            return SaveResult(grant.auth_app_id, stored=False)
+        return SaveResult(grant.auth_app_id, stored=True)
 
     def get(self, auth_app_id: str, *, consistent: bool = True) -> StoredAuthorization | None:
         response = self._db.get_item(
@@ -230,7 +230,7 @@ class TokenStore:
                 ":now": {"S": _iso(now)},
                 ":zero": {"N": "0"},
                 ":one": {"N": "1"},
-                ":cancelled": {"N": str(int(cancelled_at.timestamp() * 1000))},
+                ":cancelled": {"N": epoch_ms(cancelled_at)},
             },
         }
         event = self._event_item(auth_app_id, "authorization_revoked", {"reason": reason}, now)
@@ -258,10 +258,11 @@ class TokenStore:
 
     def acquire_lease(
         self, auth_app_id: str, *, version: int, now: datetime, seconds: int, owner: str
-    ) -> bool:
-        """Claim a merchant for one refresh; False if another runner holds it or the item moved on."""
+    ) -> StoredAuthorization | None:
+        """Claim a merchant for one refresh and return it as leased; None if another runner holds
+        it or the item moved on (another version, no longer granted)."""
         try:
-            self._db.update_item(
+            response = self._db.update_item(
                 TableName=self._table,
                 Key={"pk": {"S": app_pk(auth_app_id)}, "sk": {"S": AUTH_SK}},
                 UpdateExpression="SET lease_until = :until, lease_owner = :owner",
@@ -275,10 +276,11 @@ class TokenStore:
                     ":granted": {"S": STATUS_GRANTED},
                     ":now": {"N": _epoch(now)},
                 },
+                ReturnValues="ALL_NEW",
             )
         except self._db.exceptions.ConditionalCheckFailedException:
-            return False
-        return True
+            return None
+        return _authorization_from_item(response["Attributes"])
 
     def defer_refresh(
         self, auth_app_id: str, *, version: int, owner: str, until: datetime, reason: str
@@ -431,7 +433,7 @@ def _authorization_from_item(item: Mapping[str, Any]) -> StoredAuthorization:
         user_id=text("user_id"),
         status=item["status"]["S"],
         version=int(item["version"]["N"]),
-        token_issued_at=datetime.fromtimestamp(int(item["token_issued_at"]["N"]) / 1000, UTC)
+        token_issued_at=from_epoch_ms(item["token_issued_at"]["N"])
         if "token_issued_at" in item
         else None,
         expires_at=_from_epoch(item.get("expires_at")),
