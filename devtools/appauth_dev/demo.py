@@ -21,6 +21,7 @@ from appauth.credentials import AppCredentials
 from appauth.errors import AlipayError
 from appauth.models import TokenGrant
 from appauth.redaction import mask
+from appauth.store import AUTH_SK, app_pk
 from appauth_dev.keygen import generate_private_key, private_pkcs8_pem, public_pem
 from appauth_dev.local_service import local_service
 from appauth_dev.simulator.config import SimulatorConfig
@@ -192,7 +193,7 @@ def _service_walkthrough() -> None:
 
         raw = boto3.client("dynamodb").get_item(
             TableName=service.stack.tokens_table,
-            Key={"pk": {"S": f"APP#{auth_app_id}"}, "sk": {"S": "AUTH"}},
+            Key={"pk": {"S": app_pk(auth_app_id)}, "sk": {"S": AUTH_SK}},
         )["Item"]
         _check(
             renewed["app_auth_token"] not in repr(raw),

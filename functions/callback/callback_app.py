@@ -214,7 +214,7 @@ def request_error(error: RequestError) -> Response[str]:
     return _respond(
         error.http_status,
         error_page(error.http_status, str(error)),
-        {"error": {"reason": error.reason, "message": str(error)}},
+        error.as_dict(),
         headers,
     )
 

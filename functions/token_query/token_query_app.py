@@ -38,7 +38,7 @@ def lambda_handler(event: Any, context: LambdaContext) -> dict[str, Any]:
         )
     except RequestError as error:
         logger.warning("Token query refused", extra={"reason": error.reason})
-        return {"error": {"reason": error.reason, "message": str(error)}}
+        return error.as_dict()
     except ConfigError as error:
         logger.error(
             "Service misconfigured", extra={"parameter": error.parameter, "error": str(error)}

@@ -110,6 +110,10 @@ class RequestError(AppAuthError):
             self.reason = reason
         super().__init__(message)
 
+    def as_dict(self) -> dict[str, dict[str, str]]:
+        """The JSON error body every function answers with."""
+        return {"error": {"reason": self.reason, "message": str(self)}}
+
 
 class InvalidRequestError(RequestError):
     """Missing, malformed or oversized parameters."""
