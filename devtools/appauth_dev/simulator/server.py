@@ -50,6 +50,12 @@ class SimulatorServer(ThreadingHTTPServer):
         self.stats.reset()
 
 
+def _html_reply(status: int, html: str) -> Reply:
+    return Reply(
+        status, html.encode("utf-8"), {"Content-Type": HTML_TYPE, "Cache-Control": "no-store"}
+    )
+
+
 def _json_reply(status: int, value: Any) -> Reply:
     text = json.dumps(value, ensure_ascii=False, separators=(",", ":"))
     return Reply(status, text.encode("utf-8"), {"Content-Type": JSON_TYPE})
@@ -266,41 +272,39 @@ class Handler(BaseHTTPRequestHandler):
 
     def _consent_page(self, *, batch: bool) -> None:
         srv = self.server
-        try:
-            params = parse_form(urlsplit(self.path).query)
-            request = consent.validate(srv.config, params, batch=batch)
-        except (SignatureError, UnicodeDecodeError):
-            self._html(
-                400, consent.error_page("参数重复或编码错误 / repeated or badly encoded parameters")
+        self._consent(
+            lambda: _html_reply(
+                200,
+                consent.page(
+                    consent.validate(srv.config, parse_form(urlsplit(self.path).query), batch=batch)
+                ),
             )
-            return
-        except consent.ConsentError as error:
-            self._html(400, consent.error_page(str(error)))
-            return
-        self._html(200, consent.page(request))
+        )
 
     def _approve(self, body: bytes) -> None:
         srv = self.server
-        try:
-            location = consent.approve(srv.config, srv.state, parse_form(body))
-        except (SignatureError, UnicodeDecodeError):
-            self._html(
-                400, consent.error_page("参数重复或编码错误 / repeated or badly encoded parameters")
-            )
-            return
-        except consent.ConsentError as error:
-            self._html(400, consent.error_page(str(error)))
-            return
-        self._send(Reply(302, b"", {"Location": location, "Cache-Control": "no-store"}))
-
-    def _html(self, status: int, html: str) -> None:
-        self._send(
-            Reply(
-                status,
-                html.encode("utf-8"),
-                {"Content-Type": HTML_TYPE, "Cache-Control": "no-store"},
+        self._consent(
+            lambda: Reply(
+                302,
+                b"",
+                {
+                    "Location": consent.approve(srv.config, srv.state, parse_form(body)),
+                    "Cache-Control": "no-store",
+                },
             )
         )
+
+    def _consent(self, render: Callable[[], Reply]) -> None:
+        """Answer a consent request; bad input gets the bilingual error page, never a crash."""
+        try:
+            reply = render()
+        except SignatureError:  # parse_form: a repeated field or bytes that are not UTF-8
+            reply = _html_reply(
+                400, consent.error_page("参数重复或编码错误 / repeated or badly encoded parameters")
+            )
+        except consent.ConsentError as error:
+            reply = _html_reply(400, consent.error_page(str(error)))
+        self._send(reply)
 
     # --- control API ------------------------------------------------------------------------------
 
