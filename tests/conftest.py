@@ -9,7 +9,7 @@ from typing import Any
 
 import pytest
 
-from appauth.credentials import AppCredentials
+from appauth.alipay.credentials import AppCredentials
 
 VECTORS_DIR = Path(__file__).parent / "vectors"
 

@@ -13,7 +13,7 @@ from typing import Any
 
 import pytest
 
-from appauth.credentials import AppCredentials
+from appauth.alipay.credentials import AppCredentials
 from appauth_dev.simulator import RunningSimulator, SimulatorConfig, start_simulator
 
 SEED = 20240601

@@ -15,9 +15,9 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import parse_qsl
 
-from appauth.client import ENVIRONMENTS, AlipayClient, Endpoints
-from appauth.credentials import AppCredentials
-from appauth.errors import (
+from appauth.alipay.client import ENVIRONMENTS, AlipayClient, Endpoints
+from appauth.alipay.credentials import AppCredentials
+from appauth.alipay.errors import (
     AlipayError,
     ConfigError,
     OutcomeUnknownError,

@@ -16,11 +16,11 @@ from typing import Any
 import boto3
 import requests
 
-from appauth.client import AlipayClient, Endpoints, Protocol
-from appauth.credentials import AppCredentials
-from appauth.errors import AlipayError
-from appauth.models import TokenGrant
-from appauth.redaction import mask
+from appauth.alipay.client import AlipayClient, Endpoints, Protocol
+from appauth.alipay.credentials import AppCredentials
+from appauth.alipay.errors import AlipayError
+from appauth.alipay.models import TokenGrant
+from appauth.alipay.redaction import mask
 from appauth.store import AUTH_SK, app_pk
 from appauth_dev.keygen import generate_private_key, private_pkcs8_pem, public_pem
 from appauth_dev.local_service import local_service

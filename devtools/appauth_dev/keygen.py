@@ -9,7 +9,7 @@ from pathlib import Path
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import rsa
 
-from appauth.errors import ConfigError
+from appauth.alipay.errors import ConfigError
 
 KEY_BITS = 2048
 

@@ -22,6 +22,7 @@ from aws_lambda_powertools.utilities.idempotency.exceptions import IdempotencyAl
 from aws_lambda_powertools.utilities.typing import LambdaContext
 
 from appauth import aws
+from appauth.alipay.errors import ConfigError, SignatureError, UnexpectedResponseError
 from appauth.authorization import (
     AuthorizationOutcome,
     CallbackRequest,
@@ -29,13 +30,7 @@ from appauth.authorization import (
     complete_authorization,
     start_authorization,
 )
-from appauth.errors import (
-    ConfigError,
-    InvalidRequestError,
-    RequestError,
-    SignatureError,
-    UnexpectedResponseError,
-)
+from appauth.errors import InvalidRequestError, RequestError
 from appauth.notifications import handle_notification
 from appauth.runtime import runtime
 from callback_pages import error_page, result_page, start_page

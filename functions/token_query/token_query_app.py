@@ -15,7 +15,8 @@ from aws_lambda_powertools import Logger, Metrics, Tracer
 from aws_lambda_powertools.metrics import MetricUnit
 from aws_lambda_powertools.utilities.typing import LambdaContext
 
-from appauth.errors import ConfigError, RequestError
+from appauth.alipay.errors import ConfigError
+from appauth.errors import RequestError
 from appauth.lookup import LookupCache, TokenQuery, lookup_token
 from appauth.runtime import runtime
 

@@ -30,8 +30,8 @@ import pytest
 import requests
 from cryptography.hazmat.primitives import serialization
 
-from appauth.keys import load_private_key, load_public_key
-from appauth.signing import rsa_sign, rsa_verify
+from appauth.alipay.keys import load_private_key, load_public_key
+from appauth.alipay.signing import rsa_sign, rsa_verify
 from appauth_dev.cli import (
     EXIT_ALIPAY_ERROR,
     EXIT_OK,

@@ -1,4 +1,4 @@
-"""The real AlipayClient (appauth.client) against the running simulator, over real HTTP.
+"""The real AlipayClient (appauth.alipay.client) against the running simulator, over real HTTP.
 
 Every test runs the client exactly as a Lambda would (its own requests session, real signing
 and verification); the simulator's statistics and a counting session say how many requests
@@ -18,22 +18,22 @@ from typing import Any, TypeVar
 import pytest
 import requests
 
-from appauth.client import (
+from appauth.alipay.client import (
     V3_QUERY_PATH,
     AlipayClient,
     Endpoints,
     Protocol,
     RetryPolicy,
 )
-from appauth.credentials import AppCredentials
-from appauth.errors import (
+from appauth.alipay.credentials import AppCredentials
+from appauth.alipay.errors import (
     AlipayError,
     OutcomeUnknownError,
     SignatureError,
     TransportError,
     UnexpectedResponseError,
 )
-from appauth.models import TokenGrant
+from appauth.alipay.models import TokenGrant
 from appauth_dev.simulator import RunningSimulator
 from appauth_dev.simulator.state import EXPIRES_IN, RE_EXPIRES_IN
 

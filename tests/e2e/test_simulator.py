@@ -14,10 +14,10 @@ from urllib.parse import parse_qs, urlencode, urlsplit
 import pytest
 import requests
 
-from appauth.credentials import AppCredentials
-from appauth.errors import AlipayError, SignatureError
-from appauth.signing import build_request, rsa_sign, sign_content, verify_response
-from appauth.signing_v3 import build_v3_request, verify_v3_response
+from appauth.alipay.credentials import AppCredentials
+from appauth.alipay.errors import AlipayError, SignatureError
+from appauth.alipay.signing import build_request, rsa_sign, sign_content, verify_response
+from appauth.alipay.signing_v3 import build_v3_request, verify_v3_response
 from appauth_dev.simulator import RunningSimulator
 from appauth_dev.simulator.corruption import GARBAGE
 from appauth_dev.simulator.state import RE_EXPIRES_IN

@@ -26,10 +26,10 @@ import pytest
 import requests
 import segno
 
-from appauth.keys import load_private_key
-from appauth.models import TokenGrant
+from appauth.alipay.keys import load_private_key
+from appauth.alipay.models import TokenGrant
+from appauth.alipay.signing import dumps_compact, rsa_sign, sign_content
 from appauth.runtime import runtime
-from appauth.signing import dumps_compact, rsa_sign, sign_content
 from appauth.store import TokenStore
 from tests.conftest import read_vector_file
 from tests.integration.callback_helpers import (

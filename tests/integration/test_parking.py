@@ -14,11 +14,11 @@ import boto3
 import pytest
 import requests
 
+from appauth.alipay.client import AlipayClient, Endpoints
+from appauth.alipay.credentials import AppCredentials
+from appauth.alipay.models import TokenGrant
 from appauth.authorization import CallbackRequest, complete_authorization
-from appauth.client import AlipayClient, Endpoints
-from appauth.credentials import AppCredentials
 from appauth.envelope import TokenCipher
-from appauth.models import TokenGrant
 from appauth.parking import MESSAGE_KIND, drain_parked, park_grants
 from appauth.state import issue_state
 from appauth.store import TokenStore

@@ -18,7 +18,7 @@ import pytest
 import requests
 
 import refresh_app
-from appauth.models import TokenGrant
+from appauth.alipay.models import TokenGrant
 from appauth.parking import park_grants
 from appauth.refresh import TRANSIENT_RETRY
 from appauth.runtime import runtime

@@ -15,9 +15,9 @@ import pytest
 from aws_lambda_powertools.utilities.parameters import SSMProvider
 from cryptography.hazmat.primitives import serialization
 
+from appauth.alipay.credentials import AppCredentials
+from appauth.alipay.errors import ConfigError
 from appauth.config import Settings
-from appauth.credentials import AppCredentials
-from appauth.errors import ConfigError
 from appauth.secrets import load_credentials, load_state_secret
 from appauth_dev.stack import put_secrets
 from tests.conftest import read_vector_file

@@ -18,9 +18,9 @@ import boto3
 import pytest
 from moto.dynamodb.models import DynamoDBBackend
 
+from appauth.alipay.models import TokenGrant
 from appauth.envelope import TokenCipher, TokenDecryptionError
 from appauth.errors import StateReplayedError
-from appauth.models import TokenGrant
 from appauth.policy import DUE_SHARDS, RefreshPolicy, due_shard
 from appauth.state import AuthState
 from appauth.store import STATUS_GRANTED, STATUS_REVOKED, TokenStore, app_pk

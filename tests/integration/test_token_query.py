@@ -20,8 +20,8 @@ import requests
 
 import token_query_app
 from appauth import aws
+from appauth.alipay.models import TokenGrant
 from appauth.lookup import LookupCache
-from appauth.models import TokenGrant
 from appauth.runtime import runtime
 from appauth.store import STATUS_GRANTED, STATUS_REVOKED
 from appauth_dev.local_service import FakeContext

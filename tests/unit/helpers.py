@@ -9,8 +9,8 @@ from typing import Any
 
 from cryptography.hazmat.primitives.asymmetric import rsa
 
-from appauth import keys
-from appauth.signing import rsa_sign
+from appauth.alipay import keys
+from appauth.alipay.signing import rsa_sign
 
 VECTORS_DIR = Path(__file__).resolve().parent.parent / "vectors"
 

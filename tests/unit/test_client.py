@@ -6,8 +6,8 @@ import pytest
 import requests
 from urllib3.exceptions import MaxRetryError, NewConnectionError, ProtocolError
 
-from appauth.client import PRODUCTION, SANDBOX, Endpoints, RetryPolicy, _never_sent
-from appauth.errors import ConfigError, OutcomeUnknownError, TransportError
+from appauth.alipay.client import PRODUCTION, SANDBOX, Endpoints, RetryPolicy, _never_sent
+from appauth.alipay.errors import ConfigError, OutcomeUnknownError, TransportError
 
 
 def test_environments_choose_hosts_and_every_host_can_be_overridden():

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import pytest
 
+from appauth.alipay.errors import ConfigError
 from appauth.config import Settings
-from appauth.errors import ConfigError
 
 BASE = {
     "APP_ID": "2021000100000001",

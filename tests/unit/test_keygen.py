@@ -12,9 +12,9 @@ import pytest
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import rsa
 
-from appauth.errors import ConfigError
-from appauth.keys import load_private_key, load_public_key
-from appauth.signing import rsa_sign, rsa_verify
+from appauth.alipay.errors import ConfigError
+from appauth.alipay.keys import load_private_key, load_public_key
+from appauth.alipay.signing import rsa_sign, rsa_verify
 from appauth_dev import keygen
 
 PRIVATE_FILES = ("app_private_key.pem", "app_private_key.txt")

@@ -12,9 +12,9 @@ from cryptography import x509
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec, rsa
 
-from appauth import keys
-from appauth.credentials import AppCredentials
-from appauth.errors import ConfigError
+from appauth.alipay import keys
+from appauth.alipay.credentials import AppCredentials
+from appauth.alipay.errors import ConfigError
 from tests.unit.helpers import key_path, read_vector_file, vector_data
 
 _PEM_ARMOR = re.compile(r"-----(BEGIN|END) [A-Z0-9 ]+-----|Proc-Type:[^\n]*|DEK-Info:[^\n]*")

@@ -6,10 +6,10 @@ from datetime import UTC, datetime, timedelta
 
 import pytest
 
-from appauth.errors import UnexpectedResponseError
-from appauth.models import parse_authorization_info, parse_token_response
-from appauth.redaction import mask
-from appauth.signing import verify_response
+from appauth.alipay.errors import UnexpectedResponseError
+from appauth.alipay.models import parse_authorization_info, parse_token_response
+from appauth.alipay.redaction import mask
+from appauth.alipay.signing import verify_response
 
 RECEIVED = datetime(2026, 11, 21, 2, 0, tzinfo=UTC)
 

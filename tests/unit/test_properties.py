@@ -17,9 +17,9 @@ from cryptography.hazmat.primitives.asymmetric import padding
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from appauth.credentials import AppCredentials
-from appauth.errors import AlipayError, SignatureError
-from appauth.signing import extract_response, response_node_name, verify_response
+from appauth.alipay.credentials import AppCredentials
+from appauth.alipay.errors import AlipayError, SignatureError
+from appauth.alipay.signing import extract_response, response_node_name, verify_response
 from tests.unit.helpers import alipay_public_key, alipay_sign, vector_data
 
 SETTINGS = settings(

@@ -10,10 +10,10 @@ from urllib.parse import parse_qsl, urlsplit
 
 import pytest
 
-from appauth.aes import aes_decrypt, aes_encrypt, load_encrypt_key
-from appauth.credentials import AppCredentials
-from appauth.errors import AlipayError, SignatureError
-from appauth.signing import (
+from appauth.alipay.aes import aes_decrypt, aes_encrypt, load_encrypt_key
+from appauth.alipay.credentials import AppCredentials
+from appauth.alipay.errors import AlipayError, SignatureError
+from appauth.alipay.signing import (
     beijing_timestamp,
     build_request,
     extract_response,
@@ -24,7 +24,7 @@ from appauth.signing import (
     verify_notification,
     verify_response,
 )
-from appauth.signing_v3 import (
+from appauth.alipay.signing_v3 import (
     build_v3_request,
     encode_query,
     parse_authorization,

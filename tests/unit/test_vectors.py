@@ -11,11 +11,11 @@ from urllib.parse import parse_qsl, urlsplit
 import pytest
 from cryptography.hazmat.primitives import serialization
 
-from appauth import keys
-from appauth.aes import aes_decrypt, aes_encrypt, load_encrypt_key
-from appauth.credentials import AppCredentials
-from appauth.errors import AlipayError, SignatureError
-from appauth.signing import (
+from appauth.alipay import keys
+from appauth.alipay.aes import aes_decrypt, aes_encrypt, load_encrypt_key
+from appauth.alipay.credentials import AppCredentials
+from appauth.alipay.errors import AlipayError, SignatureError
+from appauth.alipay.signing import (
     extract_response,
     parse_form,
     rsa_sign,
@@ -25,7 +25,7 @@ from appauth.signing import (
     verify_notification,
     verify_response,
 )
-from appauth.signing_v3 import (
+from appauth.alipay.signing_v3 import (
     auth_string,
     build_v3_request,
     request_sign_content,

@@ -9,7 +9,7 @@ import threading
 from pathlib import Path
 from types import FrameType
 
-from appauth.errors import ConfigError
+from appauth.alipay.errors import ConfigError
 
 from .config import DEFAULT_GRACE_SECONDS, SimulatorConfig
 from .server import start_simulator

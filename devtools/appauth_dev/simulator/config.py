@@ -6,9 +6,9 @@ from dataclasses import dataclass, field
 
 from cryptography.hazmat.primitives.asymmetric import rsa
 
-from appauth.aes import load_encrypt_key
-from appauth.errors import ConfigError
-from appauth.keys import (
+from appauth.alipay.aes import load_encrypt_key
+from appauth.alipay.errors import ConfigError
+from appauth.alipay.keys import (
     certificate_sn,
     load_certificate,
     load_private_key,

@@ -23,8 +23,8 @@ import threading
 
 from cryptography.hazmat.primitives.asymmetric import rsa
 
-from appauth.signing import rsa_sign, scan_members
-from appauth.signing_v3 import response_sign_content
+from appauth.alipay.signing import rsa_sign, scan_members
+from appauth.alipay.signing_v3 import response_sign_content
 
 from .reply import Reply
 

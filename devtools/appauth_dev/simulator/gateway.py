@@ -25,9 +25,9 @@ import json
 from datetime import datetime
 from typing import Any
 
-from appauth.aes import aes_decrypt, aes_encrypt
-from appauth.errors import SignatureError
-from appauth.signing import (
+from appauth.alipay.aes import aes_decrypt, aes_encrypt
+from appauth.alipay.errors import SignatureError
+from appauth.alipay.signing import (
     ERROR_NODE,
     dumps_compact,
     parse_form,

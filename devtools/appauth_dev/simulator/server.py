@@ -16,8 +16,8 @@ from types import TracebackType
 from typing import Any
 from urllib.parse import urlsplit
 
-from appauth.errors import SignatureError
-from appauth.signing import parse_form
+from appauth.alipay.errors import SignatureError
+from appauth.alipay.signing import parse_form
 
 from . import consent, corruption, gateway, v3
 from .config import SimulatorConfig

@@ -28,7 +28,7 @@ from datetime import UTC, datetime
 from enum import Enum
 from typing import Any
 
-from appauth.signing import BEIJING
+from appauth.alipay.signing import BEIJING
 
 EXPIRES_IN = 31536000
 RE_EXPIRES_IN = 32140800

@@ -21,9 +21,9 @@ from collections.abc import Mapping
 from typing import Any
 from urllib.parse import urlsplit
 
-from appauth.errors import SignatureError
-from appauth.signing import dumps_compact, parse_form, rsa_sign, rsa_verify
-from appauth.signing_v3 import (
+from appauth.alipay.errors import SignatureError
+from appauth.alipay.signing import dumps_compact, parse_form, rsa_sign, rsa_verify
+from appauth.alipay.signing_v3 import (
     AUTH_SCHEME,
     parse_authorization,
     request_sign_content,

@@ -17,20 +17,18 @@ from typing import Any, Protocol
 
 from botocore.exceptions import BotoCoreError, ClientError
 
+from appauth.alipay.client import AlipayClient
+from appauth.alipay.credentials import is_app_id
+from appauth.alipay.errors import AlipayError, OutcomeUnknownError, TransportError
+from appauth.alipay.models import TokenGrant
 from appauth.authorize_url import DEFAULT_BATCH_TYPES, authorization_url, parse_application_types
-from appauth.client import AlipayClient
-from appauth.credentials import is_app_id
 from appauth.errors import (
-    AlipayError,
     AlipayUnavailableError,
     InvalidCodeError,
     InvalidRequestError,
     OutcomeUncertainError,
-    OutcomeUnknownError,
-    TransportError,
     WrongAppError,
 )
-from appauth.models import TokenGrant
 from appauth.state import MAX_STATE_LENGTH, issue_state, validate_merchant_ref, verify_state
 from appauth.store import TokenStore
 

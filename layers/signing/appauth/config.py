@@ -6,9 +6,9 @@ import os
 from collections.abc import Mapping
 from dataclasses import dataclass
 
-from appauth.client import Endpoints, Protocol
-from appauth.credentials import is_app_id
-from appauth.errors import ConfigError
+from appauth.alipay.client import Endpoints, Protocol
+from appauth.alipay.credentials import is_app_id
+from appauth.alipay.errors import ConfigError
 
 SIGNING_MODES = ("key", "cert")
 PROTOCOLS: tuple[Protocol, ...] = ("v2", "v3")

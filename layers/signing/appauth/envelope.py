@@ -26,7 +26,7 @@ from botocore.exceptions import ClientError
 from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
-from appauth.errors import AppAuthError
+from appauth.alipay.errors import AppAuthError
 
 if TYPE_CHECKING:
     from mypy_boto3_kms import KMSClient

@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
-from appauth.credentials import is_app_id
+from appauth.alipay.credentials import is_app_id
 from appauth.errors import InvalidRequestError
 from appauth.store import STATUS_GRANTED, TokenStore
 

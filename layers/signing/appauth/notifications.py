@@ -19,11 +19,12 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
+from appauth.alipay.credentials import AppCredentials
+from appauth.alipay.errors import UnexpectedResponseError
+from appauth.alipay.models import TokenGrant, parse_token_response
+from appauth.alipay.signing import parse_beijing_timestamp, parse_form, verify_notification
 from appauth.authorization import Parker, store_grants
-from appauth.credentials import AppCredentials
-from appauth.errors import InvalidRequestError, UnexpectedResponseError, WrongAppError
-from appauth.models import TokenGrant, parse_token_response
-from appauth.signing import parse_beijing_timestamp, parse_form, verify_notification
+from appauth.errors import InvalidRequestError, WrongAppError
 from appauth.state import MERCHANT_REF_PATTERN
 from appauth.store import TokenStore
 

@@ -16,9 +16,9 @@ from typing import TYPE_CHECKING, Any
 
 from botocore.exceptions import BotoCoreError, ClientError
 
+from appauth.alipay.errors import AppAuthError
+from appauth.alipay.models import TokenGrant
 from appauth.envelope import TokenCipher, sealed_from_json, sealed_to_json
-from appauth.errors import AppAuthError
-from appauth.models import TokenGrant
 
 if TYPE_CHECKING:
     from mypy_boto3_sqs import SQSClient

@@ -20,16 +20,16 @@ from datetime import datetime, timedelta
 
 from botocore.exceptions import BotoCoreError, ClientError
 
-from appauth.authorization import Parker, store_grants
-from appauth.client import AlipayClient
-from appauth.envelope import TokenDecryptionError
-from appauth.errors import (
+from appauth.alipay.client import AlipayClient
+from appauth.alipay.errors import (
     AlipayError,
     OutcomeUnknownError,
     SignatureError,
     TransportError,
     UnexpectedResponseError,
 )
+from appauth.authorization import Parker, store_grants
+from appauth.envelope import TokenDecryptionError
 from appauth.store import StoredAuthorization, TokenStore
 
 logger = logging.getLogger(__name__)

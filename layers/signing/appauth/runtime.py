@@ -13,11 +13,11 @@ from functools import cached_property
 from typing import TYPE_CHECKING
 
 from appauth import aws
-from appauth.client import AlipayClient
+from appauth.alipay.client import AlipayClient
+from appauth.alipay.credentials import AppCredentials
+from appauth.alipay.models import TokenGrant
 from appauth.config import Settings
-from appauth.credentials import AppCredentials
 from appauth.envelope import TokenCipher
-from appauth.models import TokenGrant
 from appauth.parking import park_grants
 from appauth.policy import RefreshPolicy
 from appauth.secrets import load_credentials, load_state_secret

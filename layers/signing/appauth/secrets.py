@@ -12,8 +12,8 @@ from __future__ import annotations
 import hashlib
 from typing import TYPE_CHECKING
 
-from appauth.credentials import AppCredentials
-from appauth.errors import ConfigError
+from appauth.alipay.credentials import AppCredentials
+from appauth.alipay.errors import ConfigError
 
 if TYPE_CHECKING:
     from aws_lambda_powertools.utilities.parameters import SSMProvider

@@ -24,9 +24,9 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import TYPE_CHECKING, Any
 
+from appauth.alipay.models import TokenGrant
 from appauth.envelope import SealedTokens, TokenCipher, TokenDecryptionError
 from appauth.errors import StateReplayedError
-from appauth.models import TokenGrant
 from appauth.policy import DUE_SHARDS, RefreshPolicy, due_shard
 from appauth.state import AuthState
 

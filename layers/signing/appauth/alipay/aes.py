@@ -8,7 +8,7 @@ import binascii
 from cryptography.hazmat.primitives import padding
 from cryptography.hazmat.primitives.ciphers import Cipher, algorithms, modes
 
-from appauth.errors import ConfigError, SignatureError
+from appauth.alipay.errors import ConfigError, SignatureError
 
 _ZERO_IV = bytes(16)
 _KEY_SIZES = (16, 24, 32)

@@ -21,16 +21,16 @@ from urllib.parse import urlsplit
 import requests
 from urllib3.exceptions import ConnectTimeoutError, MaxRetryError
 
-from appauth.credentials import AppCredentials
-from appauth.errors import AlipayError, ConfigError, OutcomeUnknownError, TransportError
-from appauth.models import (
+from appauth.alipay.credentials import AppCredentials
+from appauth.alipay.errors import AlipayError, ConfigError, OutcomeUnknownError, TransportError
+from appauth.alipay.models import (
     AuthorizationInfo,
     TokenResponse,
     parse_authorization_info,
     parse_token_response,
 )
-from appauth.signing import build_request, verify_response
-from appauth.signing_v3 import build_v3_request, verify_v3_response
+from appauth.alipay.signing import build_request, verify_response
+from appauth.alipay.signing_v3 import build_v3_request, verify_v3_response
 
 logger = logging.getLogger(__name__)
 

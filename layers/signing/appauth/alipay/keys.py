@@ -15,7 +15,7 @@ from cryptography import x509
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import rsa
 
-from appauth.errors import ConfigError
+from appauth.alipay.errors import ConfigError
 
 _PEM_BLOCK = re.compile(rb"-----BEGIN ([A-Z0-9 ]+)-----\s*(.+?)\s*-----END \1-----", re.DOTALL)
 _RSA_SIGNATURE_OID_PREFIX = "1.2.840.113549.1.1"

@@ -21,9 +21,9 @@ from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.asymmetric import padding, rsa
 
-from appauth.aes import aes_decrypt, aes_encrypt
-from appauth.credentials import AppCredentials
-from appauth.errors import AlipayError, SignatureError
+from appauth.alipay.aes import aes_decrypt, aes_encrypt
+from appauth.alipay.credentials import AppCredentials
+from appauth.alipay.errors import AlipayError, SignatureError
 
 BEIJING = timezone(timedelta(hours=8), "Asia/Shanghai")
 SUCCESS_CODE = "10000"

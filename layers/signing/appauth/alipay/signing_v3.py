@@ -10,9 +10,9 @@ from dataclasses import dataclass
 from typing import Any
 from urllib.parse import quote
 
-from appauth.credentials import AppCredentials
-from appauth.errors import AlipayError, SignatureError
-from appauth.signing import rsa_sign, rsa_verify
+from appauth.alipay.credentials import AppCredentials
+from appauth.alipay.errors import AlipayError, SignatureError
+from appauth.alipay.signing import rsa_sign, rsa_verify
 
 AUTH_SCHEME = "ALIPAY-SHA256withRSA"
 

@@ -9,9 +9,9 @@ from typing import TypeGuard
 
 from cryptography.hazmat.primitives.asymmetric import rsa
 
-from appauth.aes import load_encrypt_key
-from appauth.errors import ConfigError, SignatureError
-from appauth.keys import (
+from appauth.alipay.aes import load_encrypt_key
+from appauth.alipay.errors import ConfigError, SignatureError
+from appauth.alipay.keys import (
     certificate_sn,
     load_certificate,
     load_private_key,

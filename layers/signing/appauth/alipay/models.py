@@ -7,7 +7,7 @@ from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Any
 
-from appauth.errors import UnexpectedResponseError
+from appauth.alipay.errors import UnexpectedResponseError
 
 _TOKEN_FIELDS = ("app_auth_token", "app_refresh_token", "auth_app_id")
 
