@@ -216,9 +216,9 @@ def _service_walkthrough() -> None:
             f"  batch authorization (TINYAPP,WEBAPP)         → 200 granted {len(batch['auth_app_ids'])} merchant apps"
         )
 
-        report = service.invoke("refresh", {"source": "appauth.schedule"})
+        report = service.invoke("refresh", {"due": True})
         _say(
-            f"  invoke refresh (schedule)                    → due={report['due']} refreshed={report['refreshed']} (fresh pairs are not due)"
+            f"  invoke refresh (schedule)                    → due={report['due']} rotated={report['rotated']} (fresh pairs are not due)"
         )
 
 

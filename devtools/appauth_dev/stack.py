@@ -175,7 +175,7 @@ class _Resolver:
             raise TemplateError(f"unknown condition {name}")
         return bool(self.resolve(conditions[name]))
 
-    def resolve(self, value: Any) -> Any:  # noqa: PLR0911, PLR0912 - one branch per intrinsic
+    def resolve(self, value: Any) -> Any:  # noqa: PLR0912 - one branch per intrinsic
         if isinstance(value, list):
             return [self.resolve(item) for item in value]
         if not isinstance(value, dict):

@@ -1,40 +1,78 @@
-"""Refresh function (EventBridge Scheduler): rotate the token pairs that are due."""
+"""Refresh function: rotates the token pairs that are due, and stores parked pairs.
+
+Invoked by EventBridge Scheduler (``{"due": true}``), by an operator for some merchants now
+(``{"auth_app_ids": [...]}``), and by the parking queue's SQS event source (a batch of parked
+pairs, with partial failure reports). See ``appauth.refresh`` for the rotation protocol.
+"""
 
 from __future__ import annotations
 
-from datetime import UTC, datetime
 from typing import Any
 
 from aws_lambda_powertools import Logger, Metrics, Tracer
 from aws_lambda_powertools.metrics import MetricUnit
+from aws_lambda_powertools.utilities.batch import (
+    BatchProcessor,
+    EventType,
+    process_partial_response,
+)
+from aws_lambda_powertools.utilities.data_classes.sqs_event import SQSRecord
 from aws_lambda_powertools.utilities.typing import LambdaContext
 
 from appauth import aws
-from appauth.parking import drain_parked
-from appauth.refresh import refresh_due
+from appauth.errors import RequestError
+from appauth.parking import apply_parked_record, drain_parked
+from appauth.refresh import RefreshRequest
 from appauth.runtime import runtime
 
 logger = Logger()
 tracer = Tracer()
 metrics = Metrics()
+processor = BatchProcessor(event_type=EventType.SQS)
+
+
+def _store_parked(record: SQSRecord) -> None:
+    apply_parked_record(record.body, runtime().store)
 
 
 @logger.inject_lambda_context
 @tracer.capture_lambda_handler(capture_response=False)
 @metrics.log_metrics
 def lambda_handler(event: dict[str, Any], context: LambdaContext) -> dict[str, Any]:
+    if isinstance(event, dict) and "Records" in event:
+        return dict(
+            process_partial_response(
+                event=event, record_handler=_store_parked, processor=processor, context=context
+            )
+        )
+    try:
+        request = RefreshRequest.from_event(event)
+    except RequestError as error:
+        logger.warning("Refresh request refused", extra={"reason": error.reason})
+        return error.as_dict()
     rt = runtime()
-    drained = drain_parked(aws.sqs(), rt.settings.parked_queue_url, rt.store, rt.cipher)
-    report = refresh_due(
-        store=rt.store,
-        client=rt.client(),
-        park=rt.park,
-        clock=lambda: datetime.now(UTC),
+    started_with = context.get_remaining_time_in_millis() / 1000
+    refresher = rt.refresher(
         owner=context.aws_request_id,  # unique per run: only this run may release its leases
         time_left=lambda: context.get_remaining_time_in_millis() / 1000,
+        function_timeout=started_with,
     )
-    result = {"parked_drained": drained, **report.as_dict()}
-    for name, value in result.items():
+    drained = drain_parked(aws.sqs(), rt.settings.parked_queue_url, rt.store)
+    concurrency = rt.settings.refresh_concurrency
+    if request.auth_app_ids:
+        report = refresher.refresh_now(request.auth_app_ids, concurrency=concurrency)
+    else:
+        report = refresher.refresh_due(concurrency=concurrency)
+    published, failed = rt.events.take_counts()
+    counts = {"parked_drained": drained, **report.as_dict()}
+    for name, value in counts.items():
         metrics.add_metric(name=f"Refresh_{name}", unit=MetricUnit.Count, value=value)
-    logger.info("Refresh run", extra=result)
-    return result
+    metrics.add_metric(name="EventsPublished", unit=MetricUnit.Count, value=published)
+    metrics.add_metric(name="EventsPublishFailed", unit=MetricUnit.Count, value=failed)
+    logger.info("Refresh run", extra=counts)
+    return {
+        **counts,
+        "events_published": published,
+        "events_failed": failed,
+        "merchants": report.merchants,
+    }

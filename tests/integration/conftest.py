@@ -9,6 +9,7 @@
 
 from __future__ import annotations
 
+import json
 import secrets
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -146,3 +147,44 @@ def service(
     reset_runtime()
     yield ServiceStack(aws=local_stack, simulator=simulator)
     reset_runtime()
+
+
+@dataclass
+class EventCapture:
+    """Lifecycle events as EventBridge delivered them: a rule on the bus the functions publish
+    to, targeting an SQS queue this fixture reads."""
+
+    sqs: Any
+    queue_url: str
+
+    def read(self) -> list[dict[str, Any]]:
+        events: list[dict[str, Any]] = []
+        while True:
+            messages = self.sqs.receive_message(
+                QueueUrl=self.queue_url, MaxNumberOfMessages=10, WaitTimeSeconds=0
+            ).get("Messages", [])
+            if not messages:
+                return events
+            for message in messages:
+                events.append(json.loads(message["Body"]))
+                self.sqs.delete_message(
+                    QueueUrl=self.queue_url, ReceiptHandle=message["ReceiptHandle"]
+                )
+
+
+@pytest.fixture
+def lifecycle_events(local_stack: LocalStackEnv) -> EventCapture:
+    sqs = boto3.client("sqs", region_name=REGION, endpoint_url=local_stack.endpoint_url)
+    events = boto3.client("events", region_name=REGION, endpoint_url=local_stack.endpoint_url)
+    queue_url = sqs.create_queue(QueueName="lifecycle-events")["QueueUrl"]
+    arn = sqs.get_queue_attributes(QueueUrl=queue_url, AttributeNames=["QueueArn"])["Attributes"][
+        "QueueArn"
+    ]
+    bus = local_stack.env["EVENT_BUS_NAME"]
+    events.put_rule(
+        Name="appauth-lifecycle", EventBusName=bus, EventPattern=json.dumps({"source": ["appauth"]})
+    )
+    events.put_targets(
+        Rule="appauth-lifecycle", EventBusName=bus, Targets=[{"Id": "queue", "Arn": arn}]
+    )
+    return EventCapture(sqs, queue_url)

@@ -142,7 +142,7 @@ def test_a_pair_is_parked_even_when_kms_fails_and_drains_later(
     # Not sealed (KMS refused), so the queue's own encryption at rest is what protects it.
     assert "sealed" not in body["grant"]
     assert body["grant"]["tokens"]["app_auth_token"] == pair.app_auth_token
-    assert drain_parked(sqs, queue_url, store, cipher) == 1
+    assert drain_parked(sqs, queue_url, store) == 1
     stored = store.get(pair.auth_app_id)
     assert stored is not None
     assert store.open_tokens(stored) == (pair.app_auth_token, pair.app_refresh_token)
@@ -161,7 +161,7 @@ def test_drain_stores_every_parked_pair_and_deletes_the_messages(sqs, queue_url,
         merchant_ref="shop-9",
     )
     assert queue_depth(sqs, queue_url) == 13
-    assert drain_parked(sqs, queue_url, store, cipher) == 13
+    assert drain_parked(sqs, queue_url, store) == 13
     for pair in pairs:
         stored = store.get(pair.auth_app_id)
         assert stored is not None
@@ -173,14 +173,14 @@ def test_drain_stores_every_parked_pair_and_deletes_the_messages(sqs, queue_url,
             "authorization+parked"
         ]
     assert queue_depth(sqs, queue_url) == 0
-    assert drain_parked(sqs, queue_url, store, cipher) == 0
+    assert drain_parked(sqs, queue_url, store) == 0
 
 
 def test_drain_respects_max_messages(sqs, queue_url, store, cipher):
     pairs = [grant(f"20210045000002{n:02d}") for n in range(4)]
     park_grants(sqs, queue_url, pairs, cipher, source="authorization", reason="store_unavailable")
     # Settles whole receive batches until at least max_messages are done.
-    settled = drain_parked(sqs, queue_url, store, cipher, max_messages=1)
+    settled = drain_parked(sqs, queue_url, store, max_messages=1)
     assert 1 <= settled <= 4
     assert queue_depth(sqs, queue_url) == 4 - settled
 
@@ -199,7 +199,7 @@ def test_a_parked_pair_made_obsolete_by_a_newer_stored_pair_is_settled_without_o
         source="authorization",
         reason="store_unavailable",
     )
-    assert drain_parked(sqs, queue_url, store, cipher) == 1
+    assert drain_parked(sqs, queue_url, store) == 1
     stored = store.get(app)
     assert stored is not None
     assert stored.version == 1
@@ -213,7 +213,7 @@ def test_a_parked_pair_newer_than_the_stored_one_replaces_it(sqs, queue_url, sto
     store.save_grant(grant(app, tag="old"), source="authorization")
     newer = grant(app, received_at=NOW + timedelta(hours=1), tag="new")
     park_grants(sqs, queue_url, [newer], cipher, source="refresh", reason="store_unavailable")
-    assert drain_parked(sqs, queue_url, store, cipher) == 1
+    assert drain_parked(sqs, queue_url, store) == 1
     stored = store.get(app)
     assert stored is not None
     assert stored.version == 2
@@ -230,7 +230,7 @@ def test_a_message_of_another_kind_is_left_on_the_queue(sqs, queue_url, store, c
         source="authorization",
         reason="store_unavailable",
     )
-    assert drain_parked(sqs, queue_url, store, cipher) == 1
+    assert drain_parked(sqs, queue_url, store) == 1
     assert store.get("2021004500000006") is not None
     assert queue_depth(sqs, queue_url) == 1  # still there (invisible for now), not deleted
 
@@ -309,7 +309,7 @@ def test_complete_authorization_parks_what_the_store_refuses(
         assert store.get(app) is None  # nothing reached the table
 
     # DynamoDB is back: the drain stores exactly what Alipay returned, and Alipay knows it.
-    assert drain_parked(sqs, queue_url, store, cipher) == len(minted["auth_app_ids"])
+    assert drain_parked(sqs, queue_url, store) == len(minted["auth_app_ids"])
     for parked in parked_calls[0]:
         stored = store.get(parked.auth_app_id)
         assert stored is not None

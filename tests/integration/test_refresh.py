@@ -20,7 +20,7 @@ import requests
 import refresh_app
 from appauth.alipay.models import TokenGrant
 from appauth.parking import park_grants
-from appauth.refresh import TRANSIENT_RETRY
+from appauth.refresh import TRANSIENT_BACKOFF
 from appauth.runtime import runtime
 from appauth.store import STATUS_GRANTED, app_pk
 from appauth_dev.local_service import FakeContext
@@ -40,8 +40,8 @@ def cold_start(service: ServiceStack) -> ServiceStack:
     return service
 
 
-def run(context: FakeContext | None = None) -> dict[str, int]:
-    result: dict[str, int] = refresh_app.lambda_handler(
+def run(context: FakeContext | None = None) -> dict[str, Any]:
+    result: dict[str, Any] = refresh_app.lambda_handler(
         EVENT, context or FakeContext(function_name="appauth-refresh", remaining_ms=300_000)
     )
     return result
@@ -87,14 +87,9 @@ def test_each_due_merchant_is_refreshed_exactly_once(cold_start: ServiceStack):
     result = run()
 
     assert result["due"] == 3
-    assert result["refreshed"] == 3
+    assert result["rotated"] == 3
     assert result["parked_drained"] == 0
-    assert (
-        result["skipped_leased"]
-        == result["deferred_transient"]
-        == result["deferred_permanent"]
-        == 0
-    )
+    assert result["skipped_leased"] == result["deferred_transient"] == result["lost"] == 0
     after = token_calls(service)
     assert after["success"] - before["success"] == 3  # one refresh call per due merchant
     store = runtime().store
@@ -119,7 +114,7 @@ def test_each_due_merchant_is_refreshed_exactly_once(cold_start: ServiceStack):
 
     # A second run finds nothing to do and calls Alipay not once.
     again = run()
-    assert again["due"] == again["refreshed"] == 0
+    assert again["due"] == again["rotated"] == 0
     assert token_calls(service) == after
 
 
@@ -134,7 +129,7 @@ def test_alipay_errors_defer_the_refresh_without_changing_the_status(cold_start:
     finished = datetime.now(UTC)
     assert result["due"] == 2
     assert result["deferred_transient"] == 2
-    assert result["refreshed"] == result["deferred_permanent"] == 0
+    assert result["rotated"] == result["needs_reauth"] == 0
     assert token_calls(service).get("fault_error") == 2  # no blind retry of a refresh
     store = runtime().store
     for old in due:
@@ -143,8 +138,9 @@ def test_alipay_errors_defer_the_refresh_without_changing_the_status(cold_start:
         assert (stored.status, stored.version) == (STATUS_GRANTED, 1)
         assert store.open_tokens(stored) == (old.app_auth_token, old.app_refresh_token)
         assert stored.next_refresh_at is not None
-        lower = (started + TRANSIENT_RETRY).replace(microsecond=0)
-        assert lower <= stored.next_refresh_at <= finished + TRANSIENT_RETRY
+        # The first failure backs off by half to all of the base delay (jitter).
+        lower = (started + TRANSIENT_BACKOFF.base / 2).replace(microsecond=0)
+        assert lower <= stored.next_refresh_at <= finished + TRANSIENT_BACKOFF.base
         item = raw_item(service, old.auth_app_id)
         assert item["refresh_failures"] == {"N": "1"}
         assert "lease_until" not in item
@@ -173,7 +169,7 @@ def test_parked_pairs_are_drained_at_the_start_of_the_run(cold_start: ServiceSta
     result = run()
 
     assert result["parked_drained"] == 3
-    assert result["due"] == result["refreshed"] == 0
+    assert result["due"] == result["rotated"] == 0
     assert token_calls(service) == before
     store = runtime().store
     for grant in [*parked, newer]:
@@ -204,7 +200,14 @@ def test_a_merchant_leased_by_another_runner_is_skipped(cold_start: ServiceStack
 
     result = run()
 
-    assert (result["due"], result["refreshed"], result["skipped_leased"]) == (2, 1, 1)
+    assert (result["due"], result["rotated"], result["skipped_leased"]) == (2, 1, 1)
+    assert result["merchants"] == [
+        {"auth_app_id": app, "outcome": outcome}
+        for app, outcome in sorted(
+            [(held.auth_app_id, "skipped_leased"), (free.auth_app_id, "rotated")],
+            key=lambda entry: [m["auth_app_id"] for m in result["merchants"]].index(entry[0]),
+        )
+    ]
     assert token_calls(service)["success"] - before["success"] == 1
     held_now = runtime().store.get(held.auth_app_id)
     free_now = runtime().store.get(free.auth_app_id)
@@ -254,7 +257,7 @@ def test_one_bad_parked_message_or_unreadable_item_does_not_stop_the_run(cold_st
 
     assert result["parked_drained"] == 1  # the good parked pair, despite the garbage before it
     assert runtime().store.get(parked[0].auth_app_id) is not None
-    assert result["refreshed"] == 2
+    assert result["rotated"] == 2
     assert result["unreadable"] == 1
     for grant in good:
         stored = runtime().store.get(grant.auth_app_id)
@@ -283,7 +286,8 @@ def test_a_run_short_of_time_leaves_merchants_for_the_next_run(cold_start: Servi
 
     result = run(FakeContext(function_name="appauth-refresh", remaining_ms=20_000))
 
-    assert result["due"] == result["stopped_early"] == 2
-    assert result["refreshed"] == 0
+    # The run stops reading the index at the first merchant it could not finish: the rest stay due.
+    assert result["stopped_early"] == result["due"] == 1
+    assert result["rotated"] == 0
     assert token_calls(service) == before  # no refresh was started that could not be stored
-    assert run()["refreshed"] == len(due)
+    assert run()["rotated"] == len(due)

@@ -136,7 +136,9 @@ def test_keys_aliases_and_queue_follow_the_template(local_stack: LocalStackEnv):
     assert queue_key.endswith(str(aliases["alias/appauth-local-queues"]))
     attributes = sqs.get_queue_attributes(QueueUrl=stack.parked_queue_url, AttributeNames=["All"])
     assert attributes["Attributes"]["MessageRetentionPeriod"] == "1209600"
-    assert attributes["Attributes"]["VisibilityTimeout"] == "360"
+    # At least the refresh function's timeout: the queue is that function's event source.
+    refresh_timeout = TEMPLATE["Resources"]["RefreshFunction"]["Properties"]["Timeout"]
+    assert int(attributes["Attributes"]["VisibilityTimeout"]) >= refresh_timeout
 
 
 def test_both_queues_are_encrypted_with_the_local_queue_key(local_stack: LocalStackEnv):
@@ -267,8 +269,14 @@ def test_only_refresh_and_token_query_roles_may_decrypt_tokens(local_stack: Loca
 
 def test_function_permissions_are_the_ones_the_code_uses():
     callback, refresh, token_query = (_granted(role) for role in FUNCTION_ROLES.values())
+    bus = {
+        "Fn::Sub": "arn:${AWS::Partition}:events:${AWS::Region}:${AWS::AccountId}:event-bus/${EventBusName}"
+    }
+    for role in ("CallbackRole", "RefreshRole"):  # the two that make transitions
+        assert _statements(role)["PublishLifecycleEvents"]["Resource"] == bus
+    assert {a for a in callback | refresh if a.startswith("events:")} == {"events:PutEvents"}
+    assert not {a for a in token_query if a.startswith("events:")}
     for granted in (callback, refresh, token_query):
-        assert not {a for a in granted if a.startswith("events:")}  # nothing publishes yet
         assert "ssm:GetParameters" not in granted  # SSMProvider.get calls GetParameter
         assert not {a for a in granted if "*" in a}
     assert "dynamodb:Query" not in callback  # TokenStore.events() is for tests only
@@ -300,7 +308,13 @@ def test_queue_key_use_is_through_sqs_only_and_matches_each_roles_queue_use():
         "CallbackRole": ({"sqs:SendMessage"}, {"kms:GenerateDataKey", "kms:Decrypt"}),
         # Producer and consumer.
         "RefreshRole": (
-            {"sqs:SendMessage", "sqs:ReceiveMessage", "sqs:DeleteMessage"},
+            # GetQueueAttributes: the SQS event source mapping on the parking queue.
+            {
+                "sqs:SendMessage",
+                "sqs:ReceiveMessage",
+                "sqs:DeleteMessage",
+                "sqs:GetQueueAttributes",
+            },
             {"kms:GenerateDataKey", "kms:Decrypt"},
         ),
         "TokenQueryRole": (set(), set()),
@@ -396,8 +410,13 @@ def test_a_property_the_builder_cannot_translate_is_a_clear_error(
 def test_environment_names_are_the_templates(local_stack: LocalStackEnv):
     declared = TEMPLATE["Globals"]["Function"]["Environment"]["Variables"]
     assert list(local_stack.env) == list(declared) == environment_names(TEMPLATE)
-    for function in ("CallbackFunction", "RefreshFunction", "TokenQueryFunction"):
+    for function in ("CallbackFunction", "TokenQueryFunction"):
         assert set(environment_names(TEMPLATE, function)) == set(declared)
+    # The refresh function adds its pool size and rate limit.
+    assert set(environment_names(TEMPLATE, "RefreshFunction")) == set(declared) | {
+        "REFRESH_CONCURRENCY",
+        "REFRESH_RATE_PER_SECOND",
+    }
     assert {name: os.environ[name] for name in declared} == local_stack.env
     stack = local_stack.stack
     assert local_stack.env == {
@@ -416,6 +435,7 @@ def test_environment_names_are_the_templates(local_stack: LocalStackEnv):
         "CALLBACK_URL": "",
         "REFRESH_AHEAD_DAYS": "30",
         "REFRESH_HYGIENE_DAYS": "90",
+        "EVENT_BUS_NAME": "default",
         "POWERTOOLS_SERVICE_NAME": "appauth",
         "POWERTOOLS_METRICS_NAMESPACE": "AlipayAppAuth",
         "POWERTOOLS_PARAMETERS_MAX_AGE": "300",

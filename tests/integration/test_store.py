@@ -11,6 +11,7 @@ import secrets
 import threading
 from collections import Counter
 from concurrent.futures import ThreadPoolExecutor
+from dataclasses import replace
 from datetime import UTC, datetime, timedelta
 from typing import TYPE_CHECKING, Any
 
@@ -163,6 +164,7 @@ def test_a_new_grant_is_stored_sealed_with_version_1_and_audited(
         "source": "authorization",
         "user_id": "2088000000000001",
         "merchant_ref": "shop-42",
+        "transition": "granted",
     }
 
 
@@ -327,7 +329,7 @@ def test_mark_revoked_takes_the_item_out_of_the_due_index(
 ):
     store.save_grant(grant(), source="authorization")
     far_future = NOW + timedelta(days=3650)
-    assert store.due(far_future, limit=10) == [(MERCHANT, 1)]
+    assert list(store.due(far_future, limit=10)) == [(MERCHANT, 1)]
 
     assert store.mark_revoked(MERCHANT, cancelled_at=NOW + timedelta(hours=1), reason="cancelled")
     stored = store.get(MERCHANT)
@@ -336,7 +338,7 @@ def test_mark_revoked_takes_the_item_out_of_the_due_index(
     item = raw_item(dynamodb, local_stack.stack.tokens_table, MERCHANT)
     assert "due_shard" not in item
     assert "revoked_at" in item
-    assert store.due(far_future, limit=10) == []
+    assert list(store.due(far_future, limit=10)) == []
     assert "authorization_revoked" in event_names(store, MERCHANT)
     # A redelivered cancellation changes nothing.
     assert not store.mark_revoked(MERCHANT, cancelled_at=NOW + timedelta(hours=1), reason="again")
@@ -352,7 +354,7 @@ def test_mark_revoked_takes_the_item_out_of_the_due_index(
     assert back is not None
     assert back.status == STATUS_GRANTED
     assert "revoked_at" not in raw_item(dynamodb, local_stack.stack.tokens_table, MERCHANT)
-    assert store.due(far_future, limit=10) == [(MERCHANT, 3)]
+    assert list(store.due(far_future, limit=10)) == [(MERCHANT, 3)]
 
 
 def test_a_cancellation_older_than_the_current_pair_changes_nothing(store):
@@ -393,26 +395,26 @@ def test_due_returns_only_granted_items_whose_time_has_come_across_shards(store)
     store.save_grant(grant(revoked, received_at=long_ago), source="authorization")
     store.mark_revoked(revoked, cancelled_at=NOW, reason="cancelled")
 
-    found = store.due(NOW, limit=100)
+    found = list(store.due(NOW, limit=100))
     assert sorted(found) == sorted((app, 1) for app in due_apps)
-    assert store.due(long_ago - timedelta(days=1), limit=100) == []
+    assert list(store.due(long_ago - timedelta(days=1), limit=100)) == []
 
     # The boundary: due exactly at next_refresh_at, not a second before.
     stored = store.get(not_due)
     assert stored is not None
     assert stored.next_refresh_at is not None
     at = stored.next_refresh_at
-    assert (not_due, 1) in store.due(at, limit=100)
-    assert (not_due, 1) not in store.due(at - timedelta(seconds=1), limit=100)
+    assert (not_due, 1) in list(store.due(at, limit=100))
+    assert (not_due, 1) not in list(store.due(at - timedelta(seconds=1), limit=100))
 
 
 def test_due_respects_the_limit(store):
     apps = _apps_in_distinct_shards(min(5, DUE_SHARDS))
     for app in apps:
         store.save_grant(grant(app, received_at=NOW - timedelta(days=400)), source="authorization")
-    assert len(store.due(NOW, limit=2)) == 2
-    assert len(store.due(NOW, limit=1)) == 1
-    assert len(store.due(NOW, limit=100)) == len(apps)
+    assert len(list(store.due(NOW, limit=2))) == 2
+    assert len(list(store.due(NOW, limit=1))) == 1
+    assert len(list(store.due(NOW, limit=100))) == len(apps)
 
 
 def test_save_get_due_and_lease_never_scan(store, dynamodb):
@@ -423,13 +425,15 @@ def test_save_get_due_and_lease_never_scan(store, dynamodb):
     store.save_grant(grant(apps[0], received_at=NOW - timedelta(days=399)), source="refresh")
     store.save_grant(grant(apps[0], received_at=NOW - timedelta(days=401)), source="parked")
     assert store.get(apps[1]) is not None
-    due = store.due(NOW, limit=100)
+    due = list(store.due(NOW, limit=100))
     assert len(due) == 3
-    for app, version in due:
-        assert store.acquire_lease(app, version=version, now=NOW, seconds=300, owner="r1")
-    store.defer_refresh(
-        apps[1], version=1, owner="r1", until=NOW + timedelta(hours=1), reason="test"
-    )
+    leases = {
+        app: store.acquire_lease(app, version=version, now=NOW, seconds=300, owner="r1")
+        for app, version in due
+    }
+    lease = leases[apps[1]]
+    assert lease is not None
+    store.release_lease(lease, until=NOW + timedelta(hours=1), reason="test", failures=1)
     store.mark_revoked(apps[2], cancelled_at=NOW, reason="cancelled")
     assert calls.operations  # the hook saw the traffic
     assert "Scan" not in calls.operations
@@ -486,34 +490,37 @@ def test_a_stale_version_or_a_revoked_item_cannot_be_leased(
     assert not store.acquire_lease("2021004299999999", version=1, now=NOW, seconds=300, owner="x")
 
 
-def test_defer_refresh_pushes_the_time_counts_failures_and_releases_the_lease(
+def test_release_lease_pushes_the_time_counts_failures_and_releases_the_lease(
     store, dynamodb, local_stack: LocalStackEnv
 ):
     store.save_grant(grant(received_at=NOW - timedelta(days=400)), source="authorization")
-    assert store.acquire_lease(MERCHANT, version=1, now=NOW, seconds=300, owner="r1")
+    lease = store.acquire_lease(MERCHANT, version=1, now=NOW, seconds=300, owner="r1")
+    assert lease is not None
+    assert not lease.took_over
     table = local_stack.stack.tokens_table
     for failures, until in ((1, NOW + timedelta(minutes=15)), (2, NOW + timedelta(hours=6))):
-        # Only the lease holder can defer: another runner's deferral changes nothing.
-        store.defer_refresh(MERCHANT, version=1, owner="r2", until=NOW, reason="not mine")
+        # Only the lease holder can release: another runner's release changes nothing.
+        other = replace(lease, owner="r2")
+        assert not store.release_lease(other, until=NOW, reason="not mine", failures=9)
         assert raw_item(dynamodb, table, MERCHANT)["lease_owner"] == {"S": "r1"}
-        store.defer_refresh(MERCHANT, version=1, owner="r1", until=until, reason="alipay_20000")
+        assert store.release_lease(lease, until=until, reason="alipay_20000", failures=failures)
         item = raw_item(dynamodb, table, MERCHANT)
         assert item["next_refresh_at"] == {"N": str(int(until.timestamp()))}
         assert item["refresh_failures"] == {"N": str(failures)}
         assert "lease_until" not in item
         assert item["status"] == {"S": STATUS_GRANTED}
         assert item["version"] == {"N": "1"}
-        assert store.acquire_lease(MERCHANT, version=1, now=NOW, seconds=300, owner="r1")
-    assert store.due(NOW + timedelta(hours=5), limit=10) == []
-    assert store.due(NOW + timedelta(hours=6), limit=10) == [(MERCHANT, 1)]
+        lease = store.acquire_lease(MERCHANT, version=1, now=NOW, seconds=300, owner="r1")
+        assert lease is not None
+        assert not lease.took_over  # released properly: nothing to reconcile
+    assert list(store.due(NOW + timedelta(hours=5), limit=10)) == []
+    assert list(store.due(NOW + timedelta(hours=6), limit=10)) == [(MERCHANT, 1)]
     deferred = [e for e in store.events(MERCHANT) if e.event == "refresh_deferred"]
     assert len(deferred) == 2
     assert {e.detail["reason"] for e in deferred} == {"alipay_20000"}
-    # A deferral for a version that moved on does nothing; a stored pair resets the count.
+    # A release for a version that moved on does nothing; a stored pair resets the count.
     store.save_grant(grant(received_at=NOW, tag="2"), source="refresh")
-    store.defer_refresh(
-        MERCHANT, version=1, owner="r1", until=NOW + timedelta(days=9), reason="late"
-    )
+    assert not store.release_lease(lease, until=NOW + timedelta(days=9), reason="late", failures=3)
     item = raw_item(dynamodb, table, MERCHANT)
     assert "refresh_failures" not in item
     assert item["version"] == {"N": "2"}
@@ -532,7 +539,7 @@ def test_a_cancellation_is_never_undone_by_an_older_pair_landing_late(store):
     stored = store.get(MERCHANT)
     assert stored is not None
     assert stored.status == STATUS_REVOKED
-    assert store.due(NOW + timedelta(days=3650), limit=10) == []
+    assert list(store.due(NOW + timedelta(days=3650), limit=10)) == []
     # A real re-authorization after the cancellation is accepted.
     assert store.save_grant(
         grant(received_at=NOW + timedelta(hours=3), tag="new"), source="authorization"

@@ -136,7 +136,7 @@ def test_an_unknown_merchant_is_not_found(service: ServiceStack):
 def test_a_revoked_merchant_gets_its_status_but_no_token(service: ServiceStack):
     grant = authorize(service)
     assert runtime().store.mark_revoked(
-        grant.auth_app_id, cancelled_at=grant.received_at, reason="cancelled"
+        grant.auth_app_id, cancelled_at=grant.answered_at or grant.received_at, reason="cancelled"
     )
     answer = query(grant.auth_app_id)
     assert answer["found"] is True
@@ -201,7 +201,7 @@ def test_a_miss_is_not_cached(service: ServiceStack, clock: Clock):
 
 def test_a_revoked_answer_is_not_cached_either(service: ServiceStack, clock: Clock):
     grant = authorize(service)
-    runtime().store.mark_revoked(grant.auth_app_id, cancelled_at=grant.received_at, reason="x")
+    runtime().store.mark_revoked(grant.auth_app_id, cancelled_at=grant.answered_at or grant.received_at, reason="x")
     assert query(grant.auth_app_id)["status"] == STATUS_REVOKED
     later = (
         runtime()

@@ -11,9 +11,18 @@ from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
     from mypy_boto3_dynamodb import DynamoDBClient
+    from mypy_boto3_events import EventBridgeClient
     from mypy_boto3_kms import KMSClient
     from mypy_boto3_sqs import SQSClient
     from mypy_boto3_ssm import SSMClient
+
+# Tight on purpose: the refresh run reserves time for the worst case of every AWS call it makes
+# after Alipay answered (see worst_case_call_seconds), so these bound how much it must reserve.
+CONNECT_TIMEOUT = 2.0
+READ_TIMEOUT = 5.0
+MAX_ATTEMPTS = 3
+# botocore's standard mode sleeps up to min(2 ** attempt, 20) s between attempts.
+_MAX_BACKOFF = sum(min(2.0**attempt, 20.0) for attempt in range(MAX_ATTEMPTS - 1))
 
 _clients: dict[str, Any] = {}
 _lock = threading.Lock()
@@ -29,9 +38,10 @@ def _client(service: str) -> Any:
                 from botocore.config import Config  # noqa: PLC0415
 
                 config = Config(
-                    retries={"mode": "standard", "max_attempts": 5},
-                    connect_timeout=3,
-                    read_timeout=10,
+                    retries={"mode": "standard", "max_attempts": MAX_ATTEMPTS},
+                    connect_timeout=CONNECT_TIMEOUT,
+                    read_timeout=READ_TIMEOUT,
+                    max_pool_connections=50,  # the refresh run's thread pool shares each client
                 )
                 client = boto3.client(service, config=config)  # type: ignore[call-overload]
                 _clients[service] = client
@@ -56,6 +66,16 @@ def ssm() -> SSMClient:
 def sqs() -> SQSClient:
     client: SQSClient = _client("sqs")
     return client
+
+
+def events() -> EventBridgeClient:
+    client: EventBridgeClient = _client("events")
+    return client
+
+
+def worst_case_call_seconds() -> float:
+    """The longest one AWS call can take with the configuration above, retries included."""
+    return MAX_ATTEMPTS * (CONNECT_TIMEOUT + READ_TIMEOUT) + _MAX_BACKOFF
 
 
 def set_client(service: str, client: Any) -> None:

@@ -29,6 +29,9 @@ class Settings:
     refresh_ahead_days: int
     refresh_hygiene_days: int
     state_ttl_seconds: int
+    event_bus_name: str = "default"
+    refresh_concurrency: int = 8
+    refresh_rate_per_second: int = 20
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> Settings:
@@ -86,4 +89,7 @@ class Settings:
             refresh_ahead_days=number("REFRESH_AHEAD_DAYS", 30, 1),
             refresh_hygiene_days=number("REFRESH_HYGIENE_DAYS", 90, 1),
             state_ttl_seconds=number("STATE_TTL_SECONDS", 1800, 60),
+            event_bus_name=optional("EVENT_BUS_NAME") or "default",
+            refresh_concurrency=number("REFRESH_CONCURRENCY", 8, 1),
+            refresh_rate_per_second=number("REFRESH_RATE_PER_SECOND", 20, 1),
         )

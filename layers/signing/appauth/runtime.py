@@ -8,23 +8,32 @@ from __future__ import annotations
 
 import os
 import threading
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
+from datetime import UTC, datetime
 from functools import cached_property
 from typing import TYPE_CHECKING
 
 from appauth import aws
 from appauth.alipay.client import AlipayClient
 from appauth.alipay.credentials import AppCredentials
+from appauth.alipay.errors import AppAuthError
 from appauth.alipay.models import TokenGrant
 from appauth.config import Settings
 from appauth.envelope import TokenCipher
-from appauth.parking import park_grants
+from appauth.parking import GrantSink, Kept
 from appauth.policy import RefreshPolicy
 from appauth.secrets import load_credentials, load_state_secret
 from appauth.store import TokenStore
 
 if TYPE_CHECKING:
     from aws_lambda_powertools.utilities.parameters import SSMProvider
+
+    from appauth.events import EventBridgePublisher
+    from appauth.refresh import Refresher, TokenBucket
+
+
+class PairNotKeptError(AppAuthError):
+    """KMS, DynamoDB and SQS all refused a pair Alipay returned (counted, alarmed)."""
 
 
 class Runtime:
@@ -61,6 +70,12 @@ class Runtime:
         return TokenCipher(aws.kms(), self.settings.token_key_id)
 
     @cached_property
+    def events(self) -> EventBridgePublisher:
+        from appauth.events import EventBridgePublisher  # noqa: PLC0415  (not on the look-up path)
+
+        return EventBridgePublisher(aws.events, self.settings.event_bus_name)
+
+    @cached_property
     def store(self) -> TokenStore:
         return TokenStore(
             aws.dynamodb(),
@@ -71,20 +86,50 @@ class Runtime:
                 hygiene_days=self.settings.refresh_hygiene_days,
             ),
             actor=os.environ.get("AWS_LAMBDA_FUNCTION_NAME", "appauth"),
+            events=self.events,
         )
+
+    @cached_property
+    def sink(self) -> GrantSink:
+        return GrantSink(aws.sqs, self.settings.parked_queue_url, self.cipher)
+
+    def refresher(
+        self, *, owner: str, time_left: Callable[[], float], function_timeout: float
+    ) -> Refresher:
+        """The collaborators of one refresh run (``owner``: the invocation's request id)."""
+        from appauth.refresh import Budget, Refresher  # noqa: PLC0415  (refresh function only)
+
+        client = self.client()
+        budget = Budget.for_client(client, aws.worst_case_call_seconds())
+        return Refresher(
+            store=self.store,
+            client=client,
+            sink=self.sink,
+            clock=lambda: datetime.now(UTC),
+            owner=owner,
+            budget=budget,
+            lease_seconds=budget.lease_seconds(function_timeout),
+            time_left=time_left,
+            limiter=self.rate_limiter,
+        )
+
+    @cached_property
+    def rate_limiter(self) -> TokenBucket:
+        """Shared by every run of this container: the client-side limit on Alipay refreshes."""
+        from appauth.refresh import TokenBucket  # noqa: PLC0415
+
+        return TokenBucket(self.settings.refresh_rate_per_second)
 
     def park(
         self, grants: Sequence[TokenGrant], *, source: str, reason: str, merchant_ref: str | None
     ) -> None:
-        park_grants(
-            aws.sqs(),
-            self.settings.parked_queue_url,
-            grants,
-            self.cipher,
-            source=source,
-            reason=reason,
-            merchant_ref=merchant_ref,
-        )
+        """The callback's and notifications' fallback when the store refuses a pair."""
+        for grant in grants:
+            kept = self.sink.keep(
+                grant, None, source=source, reason=reason, merchant_ref=merchant_ref
+            )
+            if kept is Kept.LOST:
+                raise PairNotKeptError(f"merchant app {grant.auth_app_id}: pair not kept")
 
 
 _runtime: Runtime | None = None

@@ -2,31 +2,49 @@
 
 Items (``pk`` / ``sk``):
 
-- ``APP#<auth_app_id>`` / ``AUTH``: the merchant app's authorization: ``status`` (granted,
-  needs_reauth, revoked), ``version``, the sealed token pair (``tokens``: KMS key id, wrapped
-  data key, AES-GCM ciphertexts), ``token_issued_at`` (ms, orders writes), ``expires_at``,
-  ``re_expires_at``, ``next_refresh_at`` (epoch seconds), ``user_id``, ``merchant_ref``,
-  timestamps. Only ``granted`` items carry ``due_shard``, which makes the ``due`` index sparse:
-  the refresher queries ``due_shard = s AND next_refresh_at <= now`` per shard, never a Scan.
+- ``APP#<auth_app_id>`` / ``AUTH``: the merchant app's authorization: ``status``
+  (:class:`~appauth.lifecycle.Status`), ``version`` (bumped by every pair and every status
+  change), the sealed token pair (``tokens``: KMS key id, wrapped data key, AES-GCM ciphertexts)
+  and the one it replaced (``previous_tokens``, kept for recovery), ``token_issued_at`` (ms,
+  orders writes), ``expires_at``, ``re_expires_at``, ``next_refresh_at`` (epoch seconds),
+  ``user_id``, ``merchant_ref``, the refresh lease (``lease_owner``, ``lease_until``), the
+  consecutive failure count (``refresh_failures``), ``reconcile_reason`` (a refresh whose outcome
+  we did not see), timestamps. Only ``granted`` items carry ``due_shard``, which makes the ``due``
+  index sparse: the refresher queries ``due_shard = s AND next_refresh_at <= now`` per shard,
+  page by page, never a Scan.
 - ``APP#<auth_app_id>`` / ``EVENT#<time>#<id>``: audit events (what, when, who; never a token).
 - ``STATE#<nonce>`` / ``STATE``: an issued authorization ``state``; ``consumed_at`` is set once,
   atomically; ``ttl`` lets DynamoDB delete it after it expires.
 
-Every write that could race is conditional: a token pair is written only if it was issued after
-the stored one (``token_issued_at``), and the audit event goes in the same transaction.
+Every write that could race is conditional, and every transition commits with its audit event in
+one transaction, then goes to the event sink (EventBridge):
+
+- A pair from a code, a notification or the parking queue is written only if it was issued after
+  the stored one and after any cancellation, and only over the version it was checked against.
+- A refreshed pair is written only by the lease holder over the leased version
+  (:meth:`TokenStore.store_refreshed`); a refusal says who won (:class:`RefreshWrite`).
 """
 
 from __future__ import annotations
 
 import secrets
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
-from typing import TYPE_CHECKING, Any
+from enum import StrEnum
+from typing import TYPE_CHECKING, Any, cast
 
 from appauth.alipay.models import TokenGrant
 from appauth.envelope import SealedTokens, TokenCipher, TokenDecryptionError
 from appauth.errors import StateReplayedError
+from appauth.lifecycle import (
+    DiscardEvents,
+    EventSink,
+    LifecycleEvent,
+    Status,
+    Transition,
+    transition_for_source,
+)
 from appauth.policy import DUE_SHARDS, RefreshPolicy, due_shard
 from appauth.state import AuthState
 
@@ -34,18 +52,26 @@ if TYPE_CHECKING:
     from mypy_boto3_dynamodb import DynamoDBClient
     from mypy_boto3_dynamodb.type_defs import PutTypeDef, UpdateTypeDef
 
-STATUS_GRANTED = "granted"
-STATUS_REVOKED = "revoked"
+STATUS_GRANTED = Status.GRANTED.value
+STATUS_NEEDS_REAUTH = Status.NEEDS_REAUTH.value
+STATUS_REVOKED = Status.REVOKED.value
 AUTH_SK = "AUTH"
 DUE_INDEX = "due"
 STATE_SK = "STATE"
 STATE_TTL_SLACK = timedelta(days=1)
+# A concurrent writer moved the version between our read and our write: read again, this often.
+SAVE_ATTEMPTS = 32
+LEASE_FIELDS = ("lease_until", "lease_owner")
 
 AttributeMap = dict[str, Any]
 
 
 def app_pk(auth_app_id: str) -> str:
     return f"APP#{auth_app_id}"
+
+
+def _key(auth_app_id: str) -> AttributeMap:
+    return {"pk": {"S": app_pk(auth_app_id)}, "sk": {"S": AUTH_SK}}
 
 
 def _iso(moment: datetime) -> str:
@@ -75,6 +101,16 @@ class SaveResult:
 
     auth_app_id: str
     stored: bool
+    version: int | None = None
+
+
+class RefreshWrite(StrEnum):
+    """What became of a refreshed pair offered to :meth:`TokenStore.store_refreshed`."""
+
+    STORED = "stored"
+    SUPERSEDED = "superseded"  # a newer grant (re-authorization) is stored: ours is obsolete
+    REVOKED = "revoked"  # the merchant cancelled meanwhile
+    LEASE_LOST = "lease_lost"  # another runner holds the merchant now: park ours, never drop it
 
 
 @dataclass(frozen=True)
@@ -91,6 +127,36 @@ class StoredAuthorization:
     granted_at: str | None
     updated_at: str | None
     sealed: SealedTokens | None = field(repr=False)
+    lease_owner: str | None = None
+    lease_until: datetime | None = None
+    refresh_failures: int = 0
+    reconcile_reason: str | None = None
+    status_reason: str | None = None
+    previous_issued_at: datetime | None = None
+    previous_sealed: SealedTokens | None = field(default=None, repr=False)
+
+
+@dataclass(frozen=True)
+class Lease:
+    """A merchant claimed for one refresh. ``took_over``: an earlier lease had lapsed, so the
+    runner that held it may have rotated the pair at Alipay without storing the answer."""
+
+    stored: StoredAuthorization
+    owner: str
+    until: datetime
+    took_over: bool
+
+    @property
+    def auth_app_id(self) -> str:
+        return self.stored.auth_app_id
+
+    @property
+    def version(self) -> int:
+        return self.stored.version
+
+    @property
+    def needs_reconcile(self) -> bool:
+        return self.took_over or self.stored.reconcile_reason is not None
 
 
 @dataclass(frozen=True)
@@ -112,6 +178,7 @@ class TokenStore:
         policy: RefreshPolicy | None = None,
         actor: str = "appauth",
         clock: Callable[[], datetime] = lambda: datetime.now(UTC),
+        events: EventSink | None = None,
     ) -> None:
         self._db = dynamodb
         self._table = table_name
@@ -119,24 +186,148 @@ class TokenStore:
         self._policy = policy or RefreshPolicy()
         self._actor = actor
         self._clock = clock
+        self._events: EventSink = events or DiscardEvents()
+
+    @property
+    def cipher(self) -> TokenCipher:
+        return self._cipher
 
     # --- token pairs -----------------------------------------------------------------------
 
     def save_grant(
         self, grant: TokenGrant, *, source: str, merchant_ref: str | None = None
     ) -> SaveResult:
-        """Store a pair Alipay returned, unless a pair issued later is already stored."""
-        now = self._clock()
+        """Store a pair Alipay returned, unless a pair issued later (or a later cancellation) is
+        already stored. Reads the item first, then writes conditioned on the version it read,
+        so the new version (and the event) is exact and the replaced pair is kept as previous."""
         sealed = self._cipher.seal(grant.auth_app_id, grant.secrets())
+        return self.save_sealed(grant, sealed, source=source, merchant_ref=merchant_ref)
+
+    def save_sealed(
+        self,
+        grant: TokenGrant,
+        sealed: SealedTokens,
+        *,
+        source: str,
+        merchant_ref: str | None = None,
+    ) -> SaveResult:
+        """:meth:`save_grant` for a pair already sealed (a parked or rescued pair)."""
+        transition = transition_for_source(source)
+        # A new authorization is ordered by when its answer arrived (Alipay issued it by then),
+        # anything else by when its request was sent: a re-authorization beats a refresh that
+        # overlapped it, whichever of the two is written first.
+        ordered_at = grant.answered_at or grant.received_at
+        issued_ms = int(epoch_ms(ordered_at))
+        for _ in range(SAVE_ATTEMPTS):
+            now = self._clock()
+            current = self._get_item(grant.auth_app_id)
+            if current is not None and (
+                int(current.get("token_issued_at", {}).get("N", "-1")) >= issued_ms
+                or int(current.get("revoked_ms", {}).get("N", "-1")) >= issued_ms
+            ):
+                self.record_event(grant.auth_app_id, "older_pair_ignored", {"source": source}, now)
+                return SaveResult(grant.auth_app_id, stored=False)
+            version = int(current["version"]["N"]) if current and "version" in current else 0
+            update = self._pair_update(
+                grant, sealed, now, version=version, source=source, ordered_at=ordered_at
+            )
+            if current is not None and "tokens" in current:
+                update = _with_previous(update, current)
+            if merchant_ref:
+                update = _with_set(update, "merchant_ref", {"S": merchant_ref})
+            if version == 0:
+                update["ConditionExpression"] = "attribute_not_exists(version)"
+            else:
+                update["ConditionExpression"] = "version = :expected"
+                _values(update)[":expected"] = {"N": str(version)}
+            # The fences again, so no reader/writer interleaving can let an older pair in.
+            update["ConditionExpression"] += (
+                " AND (attribute_not_exists(token_issued_at) OR token_issued_at < :issued)"
+                " AND (attribute_not_exists(revoked_ms) OR revoked_ms < :issued)"
+            )
+            detail = {
+                "source": source,
+                "user_id": grant.user_id or "",
+                "merchant_ref": merchant_ref or "",
+                "transition": transition.value,
+            }
+            event = self._event_item(grant.auth_app_id, "token_pair_stored", detail, now)
+            if self._update_with_event(update, event):
+                self._events.publish(
+                    LifecycleEvent(
+                        transition, grant.auth_app_id, version + 1, now, source, grant.user_id
+                    )
+                )
+                return SaveResult(grant.auth_app_id, stored=True, version=version + 1)
+        raise RuntimeError(  # pragma: no cover - SAVE_ATTEMPTS concurrent writers in a row
+            f"merchant app {grant.auth_app_id}: the item kept changing while storing a pair"
+        )
+
+    def store_refreshed(
+        self, lease: Lease, grant: TokenGrant, sealed: SealedTokens
+    ) -> RefreshWrite:
+        """The refreshed pair, in ONE write fenced by the lease: ``lease_owner = me AND version =
+        leased``. It bumps the version, keeps the replaced pair sealed beside the new one, clears
+        the lease, the failure count and any reconcile mark, and keeps ``merchant_ref``.
+        A refusal is re-read and classified, never taken for success."""
+        now = self._clock()
+        stored = lease.stored
+        update = self._pair_update(grant, sealed, now, version=lease.version, source="refresh")
+        if stored.sealed is not None:
+            update = _with_set(update, "previous_tokens", {"M": _sealed_to_item(stored.sealed)})
+            if stored.token_issued_at is not None:
+                update = _with_set(
+                    update, "previous_issued_at", {"N": epoch_ms(stored.token_issued_at)}
+                )
+        update["ConditionExpression"] = "lease_owner = :owner AND version = :expected"
+        _values(update)[":owner"] = {"S": lease.owner}
+        _values(update)[":expected"] = {"N": str(lease.version)}
+        transition = Transition.RECOVERED if lease.needs_reconcile else Transition.REFRESHED
+        source = "reconcile" if lease.needs_reconcile else "refresh"
+        event = self._event_item(
+            grant.auth_app_id,
+            "token_pair_stored",
+            {"source": source, "user_id": grant.user_id or "", "transition": transition.value},
+            now,
+        )
+        if self._update_with_event(update, event):
+            self._events.publish(
+                LifecycleEvent(
+                    transition, grant.auth_app_id, lease.version + 1, now, source, grant.user_id
+                )
+            )
+            return RefreshWrite.STORED
+        outcome = self._why_refused(lease)
+        self.record_event(
+            lease.auth_app_id, "refreshed_pair_not_stored", {"why": outcome.value}, now
+        )
+        return outcome
+
+    def _why_refused(self, lease: Lease) -> RefreshWrite:
+        current = self.get(lease.auth_app_id)
+        if current is None or current.status == STATUS_REVOKED:
+            return RefreshWrite.REVOKED
+        if current.version != lease.version:
+            return RefreshWrite.SUPERSEDED
+        return RefreshWrite.LEASE_LOST
+
+    def _pair_update(
+        self,
+        grant: TokenGrant,
+        sealed: SealedTokens,
+        now: datetime,
+        *,
+        version: int,
+        source: str,
+        ordered_at: datetime | None = None,
+    ) -> UpdateTypeDef:
         next_refresh = self._policy.next_refresh_at(
             grant.auth_app_id, grant.received_at, grant.re_expires_at
         )
-        names = {"#status": "status"}
         values: AttributeMap = {
-            ":issued": {"N": epoch_ms(grant.received_at)},
+            ":issued": {"N": epoch_ms(ordered_at or grant.received_at)},
             ":granted": {"S": STATUS_GRANTED},
-            ":one": {"N": "1"},
-            ":zero": {"N": "0"},
+            ":version": {"N": str(version + 1)},
             ":now": {"S": _iso(now)},
             ":tokens": {"M": _sealed_to_item(sealed)},
             ":app": {"S": grant.auth_app_id},
@@ -147,7 +338,7 @@ class TokenStore:
         sets = [
             "auth_app_id = :app",
             "#status = :granted",
-            "version = if_not_exists(version, :zero) + :one",
+            "version = :version",
             "tokens = :tokens",
             "token_issued_at = :issued",
             "next_refresh_at = :next",
@@ -156,11 +347,8 @@ class TokenStore:
             "updated_at = :now",
             "token_source = :source",
         ]
-        removes = ["revoked_at", "lease_until", "lease_owner", "refresh_failures"]
-        # revoked_ms stays: it keeps refusing pairs issued before the cancellation.
         optional: dict[str, AttributeMap | None] = {
             "user_id": {"S": grant.user_id} if grant.user_id else None,
-            "merchant_ref": {"S": merchant_ref} if merchant_ref else None,
             "expires_at": {"N": _epoch(grant.expires_at)} if grant.expires_at else None,
             "re_expires_at": {"N": _epoch(grant.re_expires_at)} if grant.re_expires_at else None,
         }
@@ -168,36 +356,33 @@ class TokenStore:
             if value is not None:
                 sets.append(f"{name} = :{name}")
                 values[f":{name}"] = value
-        update: UpdateTypeDef = {
+        # revoked_ms stays: it keeps refusing pairs issued before the cancellation.
+        removes = [
+            "revoked_at",
+            *LEASE_FIELDS,
+            "refresh_failures",
+            "reconcile_reason",
+            "status_reason",
+        ]
+        return {
             "TableName": self._table,
-            "Key": {"pk": {"S": app_pk(grant.auth_app_id)}, "sk": {"S": AUTH_SK}},
+            "Key": _key(grant.auth_app_id),
             "UpdateExpression": f"SET {', '.join(sets)} REMOVE {', '.join(removes)}",
-            # Never over a newer pair, and never resurrect a merchant who cancelled after this
-            # pair was issued (a parked or in-flight pair landing after the cancellation).
-            "ConditionExpression": "(attribute_not_exists(token_issued_at) OR token_issued_at < :issued) "
-            "AND (attribute_not_exists(revoked_ms) OR revoked_ms < :issued)",
-            "ExpressionAttributeNames": names,
+            "ConditionExpression": "",
+            "ExpressionAttributeNames": {"#status": "status"},
             "ExpressionAttributeValues": values,
         }
-        event = self._event_item(
-            grant.auth_app_id,
-            "token_pair_stored",
-            {"source": source, "user_id": grant.user_id or "", "merchant_ref": merchant_ref or ""},
-            now,
-        )
-        if not self._update_with_event(update, event):
-            self.record_event(grant.auth_app_id, "older_pair_ignored", {"source": source}, now)
-            return SaveResult(grant.auth_app_id, stored=False)
-        return SaveResult(grant.auth_app_id, stored=True)
 
     def get(self, auth_app_id: str, *, consistent: bool = True) -> StoredAuthorization | None:
+        item = self._get_item(auth_app_id, consistent=consistent)
+        return None if item is None else _authorization_from_item(item)
+
+    def _get_item(self, auth_app_id: str, *, consistent: bool = True) -> AttributeMap | None:
         response = self._db.get_item(
-            TableName=self._table,
-            Key={"pk": {"S": app_pk(auth_app_id)}, "sk": {"S": AUTH_SK}},
-            ConsistentRead=consistent,
+            TableName=self._table, Key=_key(auth_app_id), ConsistentRead=consistent
         )
         item = response.get("Item")
-        return None if item is None else _authorization_from_item(item)
+        return None if item is None else dict(item)
 
     def open_tokens(self, stored: StoredAuthorization) -> tuple[str, str]:
         """(app_auth_token, app_refresh_token), decrypted. Needs kms:Decrypt on the token key."""
@@ -214,35 +399,56 @@ class TokenStore:
         Works before any pair is stored too (a cancellation that overtakes a parked pair): the
         item then records only the revocation, and ``save_grant`` refuses older pairs.
         """
-        now = self._clock()
-        update: UpdateTypeDef = {
-            "TableName": self._table,
-            "Key": {"pk": {"S": app_pk(auth_app_id)}, "sk": {"S": AUTH_SK}},
-            "UpdateExpression": "SET auth_app_id = :app, #status = :revoked, revoked_ms = :cancelled, "
-            "revoked_at = :now, updated_at = :now, version = if_not_exists(version, :zero) + :one "
-            "REMOVE due_shard, next_refresh_at, lease_until, lease_owner",
-            "ConditionExpression": "(attribute_not_exists(token_issued_at) OR token_issued_at <= :cancelled) "
-            "AND (attribute_not_exists(revoked_ms) OR revoked_ms < :cancelled)",
-            "ExpressionAttributeNames": {"#status": "status"},
-            "ExpressionAttributeValues": {
-                ":app": {"S": auth_app_id},
-                ":revoked": {"S": STATUS_REVOKED},
-                ":now": {"S": _iso(now)},
-                ":zero": {"N": "0"},
-                ":one": {"N": "1"},
-                ":cancelled": {"N": epoch_ms(cancelled_at)},
-            },
-        }
-        event = self._event_item(auth_app_id, "authorization_revoked", {"reason": reason}, now)
-        return self._update_with_event(update, event)
+        for _ in range(SAVE_ATTEMPTS):
+            now = self._clock()
+            current = self._get_item(auth_app_id)
+            version = int(current["version"]["N"]) if current and "version" in current else 0
+            update: UpdateTypeDef = {
+                "TableName": self._table,
+                "Key": _key(auth_app_id),
+                "UpdateExpression": "SET auth_app_id = :app, #status = :revoked, revoked_ms = :cancelled, "
+                "revoked_at = :now, updated_at = :now, version = :version, status_reason = :reason "
+                "REMOVE due_shard, next_refresh_at, lease_until, lease_owner, reconcile_reason",
+                "ConditionExpression": (
+                    "attribute_not_exists(version)" if version == 0 else "version = :expected"
+                )
+                + " AND (attribute_not_exists(token_issued_at) OR token_issued_at <= :cancelled)"
+                " AND (attribute_not_exists(revoked_ms) OR revoked_ms < :cancelled)",
+                "ExpressionAttributeNames": {"#status": "status"},
+                "ExpressionAttributeValues": {
+                    ":app": {"S": auth_app_id},
+                    ":revoked": {"S": STATUS_REVOKED},
+                    ":now": {"S": _iso(now)},
+                    ":version": {"N": str(version + 1)},
+                    ":cancelled": {"N": epoch_ms(cancelled_at)},
+                    ":reason": {"S": reason},
+                },
+            }
+            if version:
+                _values(update)[":expected"] = {"N": str(version)}
+            event = self._event_item(auth_app_id, "authorization_revoked", {"reason": reason}, now)
+            if self._update_with_event(update, event):
+                user_id = current.get("user_id", {}).get("S") if current else None
+                self._events.publish(
+                    LifecycleEvent(
+                        Transition.REVOKED, auth_app_id, version + 1, now, reason, user_id
+                    )
+                )
+                return True
+            latest = self._get_item(auth_app_id)
+            latest_version = int(latest["version"]["N"]) if latest and "version" in latest else 0
+            if latest_version == version:
+                return False  # the fences refused it: re-authorized after, or already revoked
+        return False
 
     # --- refresh scheduling ----------------------------------------------------------------
 
-    def due(self, now: datetime, *, limit: int) -> list[tuple[str, int]]:
-        """(auth_app_id, version) of granted items due by ``now``: a Query per shard of the sparse index."""
-        found: list[tuple[str, int]] = []
+    def due(self, now: datetime, *, limit: int | None = None) -> Iterator[tuple[str, int]]:
+        """(auth_app_id, version) of granted items due by ``now``, read lazily page by page from
+        the sparse index (a Query per shard, never a Scan): a run never collects them all first."""
+        found = 0
+        paginator = self._db.get_paginator("query")
         for shard in range(DUE_SHARDS):
-            paginator = self._db.get_paginator("query")
             pages = paginator.paginate(
                 TableName=self._table,
                 IndexName=DUE_INDEX,
@@ -251,63 +457,151 @@ class TokenStore:
             )
             for page in pages:
                 for item in page.get("Items", []):
-                    found.append((item["auth_app_id"]["S"], int(item["version"]["N"])))
-                    if len(found) >= limit:
-                        return found
-        return found
+                    yield item["auth_app_id"]["S"], int(item["version"]["N"])
+                    found += 1
+                    if limit is not None and found >= limit:
+                        return
 
     def acquire_lease(
-        self, auth_app_id: str, *, version: int, now: datetime, seconds: int, owner: str
-    ) -> StoredAuthorization | None:
-        """Claim a merchant for one refresh and return it as leased; None if another runner holds
-        it or the item moved on (another version, no longer granted)."""
+        self, auth_app_id: str, *, version: int, now: datetime, seconds: float, owner: str
+    ) -> Lease | None:
+        """Claim a merchant for one refresh; None if another runner holds a live lease or the item
+        moved on (another version, no longer granted). One conditional update, no read."""
+        until = now + timedelta(seconds=seconds)
         try:
             response = self._db.update_item(
                 TableName=self._table,
-                Key={"pk": {"S": app_pk(auth_app_id)}, "sk": {"S": AUTH_SK}},
+                Key=_key(auth_app_id),
                 UpdateExpression="SET lease_until = :until, lease_owner = :owner",
                 ConditionExpression="version = :version AND #status = :granted "
                 "AND (attribute_not_exists(lease_until) OR lease_until < :now)",
                 ExpressionAttributeNames={"#status": "status"},
                 ExpressionAttributeValues={
-                    ":until": {"N": _epoch(now + timedelta(seconds=seconds))},
+                    ":until": {"N": _epoch(until)},
                     ":owner": {"S": owner},
                     ":version": {"N": str(version)},
                     ":granted": {"S": STATUS_GRANTED},
                     ":now": {"N": _epoch(now)},
                 },
-                ReturnValues="ALL_NEW",
+                ReturnValues="ALL_OLD",
             )
         except self._db.exceptions.ConditionalCheckFailedException:
             return None
-        return _authorization_from_item(response["Attributes"])
+        old = dict(response["Attributes"])
+        took_over = "lease_owner" in old
+        old["lease_owner"] = {"S": owner}
+        old["lease_until"] = {"N": _epoch(until)}
+        return Lease(_authorization_from_item(old), owner, until, took_over)
 
-    def defer_refresh(
-        self, auth_app_id: str, *, version: int, owner: str, until: datetime, reason: str
-    ) -> None:
-        """Push a failed refresh back (and release the lease); counts consecutive failures."""
+    def mark_reconcile(self, lease: Lease, reason: str) -> bool:
+        """Note, keeping the lease, that Alipay may have rotated the pair without our seeing the
+        answer: whoever takes the merchant next reconciles instead of refreshing blindly."""
         now = self._clock()
         update: UpdateTypeDef = {
             "TableName": self._table,
-            "Key": {"pk": {"S": app_pk(auth_app_id)}, "sk": {"S": AUTH_SK}},
-            "UpdateExpression": "SET next_refresh_at = :until, updated_at = :now, "
-            "refresh_failures = if_not_exists(refresh_failures, :zero) + :one REMOVE lease_until, lease_owner",
-            # Only the runner holding the lease may release it.
+            "Key": _key(lease.auth_app_id),
+            "UpdateExpression": "SET reconcile_reason = :reason, updated_at = :now",
             "ConditionExpression": "version = :version AND lease_owner = :owner",
             "ExpressionAttributeValues": {
-                ":until": {"N": _epoch(until)},
+                ":reason": {"S": reason},
                 ":now": {"S": _iso(now)},
-                ":zero": {"N": "0"},
-                ":one": {"N": "1"},
-                ":version": {"N": str(version)},
-                ":owner": {"S": owner},
+                ":version": {"N": str(lease.version)},
+                ":owner": {"S": lease.owner},
             },
         }
         event = self._event_item(
-            auth_app_id, "refresh_deferred", {"reason": reason, "until": _iso(until)}, now
+            lease.auth_app_id, "refresh_outcome_unknown", {"reason": reason}, now
         )
+        return self._update_with_event(update, event)
+
+    def release_lease(
+        self,
+        lease: Lease,
+        *,
+        until: datetime,
+        reason: str,
+        failures: int,
+        reconcile_reason: str | None = None,
+        transition: Transition | None = None,
+    ) -> bool:
+        """Push the next attempt to ``until`` and release the lease (only its holder may).
+        ``failures`` is the consecutive failure count the backoff grows from; a pending
+        reconciliation stays marked. ``transition`` (refresh_failed) publishes an event."""
+        now = self._clock()
+        sets = "SET next_refresh_at = :until, updated_at = :now, refresh_failures = :failures"
+        values: AttributeMap = {
+            ":until": {"N": _epoch(until)},
+            ":now": {"S": _iso(now)},
+            ":failures": {"N": str(failures)},
+            ":version": {"N": str(lease.version)},
+            ":owner": {"S": lease.owner},
+        }
+        removes = list(LEASE_FIELDS)
+        if reconcile_reason is not None:
+            sets += ", reconcile_reason = :reconcile"
+            values[":reconcile"] = {"S": reconcile_reason}
+        else:
+            removes.append("reconcile_reason")
+        update: UpdateTypeDef = {
+            "TableName": self._table,
+            "Key": _key(lease.auth_app_id),
+            "UpdateExpression": f"{sets} REMOVE {', '.join(removes)}",
+            "ConditionExpression": "version = :version AND lease_owner = :owner",
+            "ExpressionAttributeValues": values,
+        }
+        detail = {"reason": reason, "until": _iso(until), "failures": str(failures)}
+        event = self._event_item(lease.auth_app_id, "refresh_deferred", detail, now)
         # False means the item moved on (re-authorized, revoked, leased by another): nothing to do.
-        self._update_with_event(update, event)
+        released = self._update_with_event(update, event)
+        if released and transition is not None:
+            self._events.publish(
+                LifecycleEvent(
+                    transition,
+                    lease.auth_app_id,
+                    lease.version,
+                    now,
+                    reason,
+                    lease.stored.user_id,
+                    {"attempt": failures, "next_attempt_at": _iso(until)},
+                )
+            )
+        return released
+
+    def end_authorization(self, lease: Lease, transition: Transition, *, reason: str) -> bool:
+        """``needs_reauth`` or ``revoked`` after Alipay confirmed it, fenced by the lease. The item
+        leaves the due index; the pair stays sealed (for the audit, never handed out)."""
+        if transition not in (Transition.NEEDS_REAUTH, Transition.REVOKED):
+            raise ValueError(f"{transition.value} does not end an authorization")
+        now = self._clock()
+        status = transition.status.value
+        extra = ", revoked_at = :now" if transition is Transition.REVOKED else ""
+        update: UpdateTypeDef = {
+            "TableName": self._table,
+            "Key": _key(lease.auth_app_id),
+            "UpdateExpression": "SET #status = :status, version = :next, updated_at = :now, "
+            f"status_reason = :reason{extra} "
+            "REMOVE due_shard, next_refresh_at, lease_until, lease_owner, reconcile_reason",
+            "ConditionExpression": "version = :version AND lease_owner = :owner",
+            "ExpressionAttributeNames": {"#status": "status"},
+            "ExpressionAttributeValues": {
+                ":status": {"S": status},
+                ":next": {"N": str(lease.version + 1)},
+                ":now": {"S": _iso(now)},
+                ":reason": {"S": reason},
+                ":version": {"N": str(lease.version)},
+                ":owner": {"S": lease.owner},
+            },
+        }
+        name = "authorization_revoked" if transition is Transition.REVOKED else "needs_reauth"
+        event = self._event_item(lease.auth_app_id, name, {"reason": reason}, now)
+        if not self._update_with_event(update, event):
+            return False
+        self._events.publish(
+            LifecycleEvent(
+                transition, lease.auth_app_id, lease.version + 1, now, reason, lease.stored.user_id
+            )
+        )
+        return True
 
     def _update_with_event(self, update: UpdateTypeDef, event: PutTypeDef) -> bool:
         """Apply a conditional update and its audit event atomically; False if the condition failed."""
@@ -405,6 +699,27 @@ class TokenStore:
         )
 
 
+def _values(update: UpdateTypeDef) -> AttributeMap:
+    """The update's attribute values, to add to (every update here is built with a dict)."""
+    return cast(AttributeMap, update["ExpressionAttributeValues"])
+
+
+def _with_set(update: UpdateTypeDef, name: str, value: AttributeMap) -> UpdateTypeDef:
+    """``update`` with one more ``SET name = value``."""
+    sets, removes = update["UpdateExpression"].split(" REMOVE ")
+    update["UpdateExpression"] = f"{sets}, {name} = :{name} REMOVE {removes}"
+    _values(update)[f":{name}"] = value
+    return update
+
+
+def _with_previous(update: UpdateTypeDef, current: Mapping[str, Any]) -> UpdateTypeDef:
+    """Keep the pair being replaced, still sealed, beside the new one (for recovery)."""
+    update = _with_set(update, "previous_tokens", current["tokens"])
+    if "token_issued_at" in current:
+        update = _with_set(update, "previous_issued_at", current["token_issued_at"])
+    return update
+
+
 def _sealed_to_item(sealed: SealedTokens) -> AttributeMap:
     return {
         "key_id": {"S": sealed.key_id},
@@ -428,14 +743,15 @@ def _authorization_from_item(item: Mapping[str, Any]) -> StoredAuthorization:
         value = item.get(name)
         return None if value is None else str(value["S"])
 
+    def millis(name: str) -> datetime | None:
+        return from_epoch_ms(item[name]["N"]) if name in item else None
+
     return StoredAuthorization(
         auth_app_id=item["auth_app_id"]["S"],
         user_id=text("user_id"),
         status=item["status"]["S"],
         version=int(item["version"]["N"]),
-        token_issued_at=from_epoch_ms(item["token_issued_at"]["N"])
-        if "token_issued_at" in item
-        else None,
+        token_issued_at=millis("token_issued_at"),
         expires_at=_from_epoch(item.get("expires_at")),
         re_expires_at=_from_epoch(item.get("re_expires_at")),
         next_refresh_at=_from_epoch(item.get("next_refresh_at")),
@@ -443,4 +759,13 @@ def _authorization_from_item(item: Mapping[str, Any]) -> StoredAuthorization:
         granted_at=text("granted_at"),
         updated_at=text("updated_at"),
         sealed=_sealed_from_item(item["tokens"]["M"]) if "tokens" in item else None,
+        lease_owner=text("lease_owner"),
+        lease_until=_from_epoch(item.get("lease_until")),
+        refresh_failures=int(item["refresh_failures"]["N"]) if "refresh_failures" in item else 0,
+        reconcile_reason=text("reconcile_reason"),
+        status_reason=text("status_reason"),
+        previous_issued_at=millis("previous_issued_at"),
+        previous_sealed=_sealed_from_item(item["previous_tokens"]["M"])
+        if "previous_tokens" in item
+        else None,
     )

@@ -13,7 +13,7 @@ import logging
 import random
 import time
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import UTC, datetime
 from typing import Any, Literal, TypeVar
 from urllib.parse import urlsplit
@@ -39,6 +39,11 @@ QUERY_METHOD = "alipay.open.auth.token.app.query"
 V3_TOKEN_PATH = "/v3/alipay/open/auth/token/app"  # noqa: S105 (a path)
 V3_QUERY_PATH = "/v3/alipay/open/auth/token/app/query"
 MAX_RESPONSE_BYTES = 1024 * 1024
+# A proxy or load balancer answering these has, by their definition, not handed the request on
+# (503 Service Unavailable, 429 Too Many Requests): nothing was processed, so even an exchange or
+# a refresh may be resent. A 500, 502 or 504 may come after Alipay processed it: outcome unknown.
+NOT_PROCESSED_STATUSES = frozenset({429, 503})
+POOL_SIZE = 64  # connections kept per host: the refresh run calls Alipay from a thread pool
 Protocol = Literal["v2", "v3"]
 T = TypeVar("T")
 
@@ -162,10 +167,25 @@ class AlipayClient:
         self._sleep = sleep
         self._clock = clock
 
+    def worst_case_seconds(self, *, retry_safe: bool) -> float:
+        """The longest one call can take. A call that is not retry-safe is resent only when it
+        never left (each such try costs at most the connect timeout); a safe one is resent
+        after any transient failure. Read timeouts bound each socket read, as in requests."""
+        connect, read = self._timeout
+        attempts = self._retry.attempts
+        pauses = (attempts - 1) * self._retry.max_delay
+        if retry_safe:
+            return attempts * (connect + read) + pauses
+        return attempts * connect + read + pauses
+
     @property
     def session(self) -> requests.Session:
         if self._session is None:
-            self._session = requests.Session()
+            session = requests.Session()
+            adapter = requests.adapters.HTTPAdapter(pool_connections=4, pool_maxsize=POOL_SIZE)
+            session.mount("https://", adapter)
+            session.mount("http://", adapter)
+            self._session = session
         return self._session
 
     # --- token APIs ----------------------------------------------------------------------
@@ -174,7 +194,11 @@ class AlipayClient:
         """``grant_type=authorization_code``. Never retried once it may have reached Alipay."""
         body = {"grant_type": "authorization_code", "code": app_auth_code}
         sent_at = self._clock()  # lifetimes count from before the request: the safe bound
-        return parse_token_response(self._token_call(body), sent_at)
+        response = parse_token_response(self._token_call(body), sent_at)
+        answered_at = self._clock()
+        return replace(
+            response, grants=tuple(replace(g, answered_at=answered_at) for g in response.grants)
+        )
 
     def refresh(self, app_refresh_token: str) -> TokenResponse:
         """``grant_type=refresh_token``. Never retried once it may have reached Alipay."""
@@ -227,7 +251,9 @@ class AlipayClient:
             )
             if raw.status != 200:
                 raise self._lost(
-                    safe, f"{method}: the gateway answered HTTP {raw.status}", raw.status
+                    safe or raw.status in NOT_PROCESSED_STATUSES,
+                    f"{method}: the gateway answered HTTP {raw.status}",
+                    raw.status,
                 )
             return verify_response(raw.text, method, self.credentials)
 
@@ -261,7 +287,11 @@ class AlipayClient:
             )
             if raw.status >= 500 and not raw.headers.get("alipay-trace-id"):
                 # A proxy's 5xx, not Alipay's: the request may or may not have been processed.
-                raise self._lost(safe, f"{path}: HTTP {raw.status} from a proxy", raw.status)
+                raise self._lost(
+                    safe or raw.status in NOT_PROCESSED_STATUSES,
+                    f"{path}: HTTP {raw.status} from a proxy",
+                    raw.status,
+                )
             data = verify_v3_response(raw.status, raw.headers, raw.text, self.credentials)
             return V3Response(raw.status, data, raw.headers.get("alipay-trace-id"))
 

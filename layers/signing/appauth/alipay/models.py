@@ -23,6 +23,10 @@ class TokenGrant:
     expires_in: int | None
     re_expires_in: int | None
     received_at: datetime
+    # When the answer arrived (a code exchange): Alipay issued the pair between ``received_at``
+    # (when we sent the request) and this. A new authorization is ordered by it, so it wins over
+    # a refresh that overlapped it (see TokenStore.save_grant).
+    answered_at: datetime | None = None
 
     def secrets(self) -> dict[str, str]:
         """The two values that are sealed at rest, by field name."""
