@@ -470,7 +470,7 @@ def test_cert_mode(cert_simulator, cert_credentials, app_credentials, vectors):
         V3_QUERY,
         query={"app_auth_token": data["app_auth_token"]},
     )
-    assert (error.http_status, error.code) == (401, "invalid-app-cert-sn")
+    assert (error.http_status, error.code) == (400, "missing-app-cert-sn")
 
 
 def test_aes_mode_decrypts_requests_and_encrypts_responses(aes_simulator, aes_credentials):

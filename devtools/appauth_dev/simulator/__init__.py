@@ -2,8 +2,10 @@
 
 A real HTTP server (standard library, loopback) that speaks the v2 gateway and the v3 API for
 ``alipay.open.auth.token.app`` and ``alipay.open.auth.token.app.query`` with real signatures,
-plus the consent pages, single-use codes, refresh rotation with a grace period, revocation, a
-movable clock and injectable faults. Every protocol rule comes from the signing layer.
+plus the consent pages, single-use codes, refresh rotation with grace periods, a settable
+rule for superseded refresh tokens, revocation (silent or notified), per-merchant records, a
+movable clock, random and targeted faults, and held requests. Every protocol rule comes from
+the signing layer.
 
 Endpoints:
 
@@ -14,15 +16,45 @@ Endpoints:
   ``POST /oauth2/approve`` (the page's form: 302 to ``redirect_uri`` with ``app_id``,
   ``app_auth_code`` and ``state``).
 
-Control API (JSON bodies; 400 ``{"error": ...}`` on bad input):
+Control API (JSON bodies; 400 ``{"error": ...}`` on bad input, 404 for an unknown id):
 
 - ``POST /simulator/codes`` ``{"auth_app_id"?, "user_id"?, "batch_size"?}`` ->
   ``{"app_auth_code", "auth_app_ids", "user_id", "batch", "expires_in"}``. ``batch_size``
   (1..20) makes a batch authorization (10 min code, ``tokens[]`` only).
-- ``POST /simulator/revoke`` ``{"auth_app_id"}`` -> ``{"auth_app_id", "revoked_pairs"}``
-  (404 for an unknown app): every pair of the app stops; query says ``invalid``.
+- ``POST /simulator/revoke`` ``{"auth_app_id", "notify"?: false}`` ->
+  ``{"auth_app_id", "revoked_pairs", "notification"}`` (404 for an unknown app): every pair of
+  the app stops; query says ``invalid``. ``notify: false`` (default) cancels silently
+  (``notification`` is null). ``notify: true`` builds a signed
+  ``alipay.open.auth.appauth.cancelled`` message-service notification (the vectors' fields,
+  signed with the Alipay key; the layer's ``verify_notification`` accepts it) and POSTs it to
+  the behaviour's ``notify_url`` if set (form-encoded, 3 s timeout, synchronously):
+  ``notification`` = ``{"form_body", "delivered", "status", "answer", "error"}``, where
+  ``delivered`` means HTTP 200 with the body ``success``; ``status``/``answer`` are null when no
+  HTTP answer came (``error`` says why). A failed delivery is reported, never raised. Python:
+  ``RunningSimulator.revoke(auth_app_id, notify=False)``.
 - ``POST /simulator/clock`` ``{"advance_seconds": N}`` -> ``{"now", "beijing"}``;
   ``GET /simulator/clock`` reads it.
+- ``POST /simulator/behaviour`` with any of ``superseded_refresh``, ``token_grace_seconds``,
+  ``refresh_grace_seconds``, ``notify_url`` (merged) -> the behaviour; ``GET`` reads it. Python:
+  ``SimulatorState.set_behaviour(**changes)`` / ``.behaviour`` (:class:`Behaviour`).
+  ``superseded_refresh`` is what a refresh with a superseded refresh token gets while within
+  ``refresh_grace_seconds`` of being superseded: ``refuse`` (default: 40002
+  ``isv.refresh-token-invalid``), ``same_pair`` (accepted, answering the pair that superseded
+  it, unchanged: an idempotent replay) or ``new_pair`` (accepted, a fresh pair that supersedes
+  the current one). After the refresh grace, and for a cancelled merchant, always refused.
+  ``token_grace_seconds``: how long a superseded ``app_auth_token`` still works for API calls
+  and query. Both graces default to the config's ``grace_seconds``; ``notify_url`` to null.
+- ``GET /simulator/merchants/{auth_app_id}`` (404 if unknown; Python
+  ``SimulatorState.merchant_record``) -> ``{"auth_app_id", "user_id", "status":
+  "authorized"|"cancelled", "current": <pair>, "pairs": [<pair>, ...] (every pair issued, oldest
+  first), "refresh_calls": [{"at", "outcome", "fault"}, ...], "rotations", "exchanges"}``;
+  ``<pair>`` = ``{"app_auth_token", "app_refresh_token", "issued_at", "superseded_at",
+  "source": "authorization_code"|"refresh_token", "token_accepted", "refresh_accepted"}`` (the
+  last two: would a call / a refresh with it be accepted now). A refresh call's ``outcome`` is
+  ``rotated``, ``replayed_same``, ``replayed_new``, ``refused`` or ``not_processed`` (a fault
+  stopped it first); ``fault`` names the fault that hit the call (``timeout``, ``tamper``, ...,
+  ``hold``), so an answer lost after processing is still recorded as what it did. ``rotations``
+  counts refresh calls that issued a pair, ``exchanges`` code exchanges that did.
 - ``POST /simulator/faults`` with any of ``latency_ms``, ``error_rate``, ``timeout_rate``,
   ``timeout_seconds``, ``timeout_after_processing``, ``rate_limit_per_second``,
   ``escape_slashes``, ``response_fault``, ``response_fault_rate``,
@@ -40,18 +72,63 @@ Control API (JSON bodies; 400 ``{"error": ...}`` on bad input):
   ``response_fault_after_processing`` (default true: Alipay processed the call and the answer
   was damaged in transit, the dangerous case) or false (the state is left unchanged).
   Corrupted answers count as ``corrupted`` in the statistics.
-- ``POST /simulator/reset`` clears codes, tokens, faults, statistics and the clock offset, and
-  reseeds the random generators.
+- ``POST /simulator/faults/rules`` adds a targeted rule -> the rule with its ``id`` (``r1``,
+  ...); ``GET`` lists them (with ``matched``, ``fired``, ``active``); ``DELETE`` clears them ->
+  ``{"cleared": n}``. Python: ``RunningSimulator.faults.add_rule(**rule)``, ``.rules()``,
+  ``.clear_rules()``. A rule: ``method`` (``alipay.open.auth.token.app``,
+  ``alipay.open.auth.token.app.query``, ``alipay.open.mini.baseinfo.query`` or null: any; v2
+  and v3 calls alike), ``grant_type`` (``authorization_code``, ``refresh_token`` or null),
+  ``auth_app_id`` (null, or the app the call's code / refresh token / app_auth_token belongs
+  to), ``nth`` (only the Nth matching call from now) or ``count`` (the next N matching calls,
+  default 1), ``fault``, ``after_processing`` (default true) and ``timeout_seconds``
+  (default the faults' ``timeout_seconds``). Rules are tried in order before the random
+  faults; each active rule whose filters match counts the call, the first to fire takes it.
+  Faults: ``error`` (unsigned 20000, before processing), ``rate_limited`` (signed
+  call-limited, before processing), ``http_503`` (a proxy's bare HTML 503, no Alipay headers,
+  before processing), ``timeout`` (hold ``timeout_seconds``, then close without an answer),
+  any response fault above, and ``hold``; ``after_processing`` says whether the call takes
+  effect before a ``timeout``, response fault or ``hold`` (ignored for the three
+  before-processing faults). Fired rules count in the statistics under the outcomes above
+  (``http_503`` under ``http_503``; a held call under its eventual answer's outcome).
+- ``hold``: the matching request blocks in its handler thread until released; held after
+  processing, the state has changed and only the answer waits; held before processing, the
+  call takes effect on release (this is how tests force reorderings). ``GET /simulator/holds``
+  -> ``[{"id", "rule_id", "method", "auth_app_id", "since"}, ...]`` (oldest first);
+  ``?wait=S&count=N`` first blocks up to S seconds (max 60) until N requests are held.
+  ``POST /simulator/holds/{id}/release`` ``{"then"?: null | <fault>}`` ->
+  ``{"released", "then"}`` lets it go on: answered normally, or into ``error``,
+  ``rate_limited``, ``http_503`` (never processed if it was held before processing),
+  ``timeout`` or a response fault (processed, then the answer is lost or damaged). Python:
+  ``RunningSimulator.faults.holds()``, ``.wait_for_hold(timeout)`` (TimeoutError if none),
+  ``.release(hold_id, then=None)``. Reset and shutdown abort every held request (the
+  connection is closed, nothing is processed) and end injected timeouts.
+- ``POST /simulator/reset`` clears codes, tokens, records, behaviour, faults, rules, holds,
+  statistics and the clock offset, and reseeds the random generators.
 - ``GET /simulator/stats`` -> ``{"requests": {"<method>": {"<outcome>": n}}}``; outcomes are
   ``success``, ``business_error``, ``rejected``, ``invalid_signature``, ``fault_error``,
-  ``rate_limited``, ``timeout``, ``corrupted``.
+  ``rate_limited``, ``timeout``, ``corrupted``, ``http_503``.
+
+:class:`~appauth_dev.simulator.control.SimulatorControl` wraps every control endpoint for tests
+and the demo. Certificate mode refuses a wrong or missing ``app_cert_sn`` /
+``alipay_root_cert_sn`` the way Alipay does (v2 under the method node, v3 with a 400 body; see
+``gateway`` and ``v3`` for the codes and why those answers name no Alipay certificate).
 """
 
 from __future__ import annotations
 
 from .config import SimulatorConfig
+from .control import SimulatorControl, SimulatorControlError
 from .faults import Faults
 from .server import RunningSimulator, start_simulator
-from .state import SimulatorState
+from .state import Behaviour, SimulatorState
 
-__all__ = ["Faults", "RunningSimulator", "SimulatorConfig", "SimulatorState", "start_simulator"]
+__all__ = [
+    "Behaviour",
+    "Faults",
+    "RunningSimulator",
+    "SimulatorConfig",
+    "SimulatorControl",
+    "SimulatorControlError",
+    "SimulatorState",
+    "start_simulator",
+]

@@ -14,6 +14,9 @@ receives instead:
 - ``oversized``: HTTP 200, the valid body followed by whitespace to more than 1 MiB (still
   valid JSON for v2: only a size limit rejects it).
 - ``html_502``: HTTP 502 with an HTML page from a "proxy", no Alipay headers.
+
+:func:`proxy_503` is the ``http_503`` fault: a load balancer's bare 503 before the call reaches
+Alipay.
 """
 
 from __future__ import annotations
@@ -34,6 +37,11 @@ PROXY_PAGE = (
     b"<html>\r\n<head><title>502 Bad Gateway</title></head>\r\n<body>\r\n"
     b"<center><h1>502 Bad Gateway</h1></center>\r\n<hr><center>nginx</center>\r\n"
     b"</body>\r\n</html>\r\n"
+)
+PROXY_503_PAGE = (
+    b"<html>\r\n<head><title>503 Service Temporarily Unavailable</title></head>\r\n<body>\r\n"
+    b"<center><h1>503 Service Temporarily Unavailable</h1></center>\r\n"
+    b"<hr><center>Tengine</center>\r\n</body>\r\n</html>\r\n"
 )
 _ALIPAY_HEADERS = ("alipay-trace-id", "alipay-timestamp", "alipay-nonce", "alipay-signature")
 
@@ -81,6 +89,13 @@ def corrupt(reply: Reply, fault: str, *, v3: bool) -> Reply:
     else:
         raise ValueError(f"unknown response fault {fault!r}")
     return Reply(status, body, headers, outcome="corrupted")
+
+
+def proxy_503() -> Reply:
+    """A bare HTTP 503 from a proxy: HTML, no Alipay signature or trace headers."""
+    return Reply(
+        503, PROXY_503_PAGE, {"Content-Type": "text/html", "Server": "Tengine"}, outcome="http_503"
+    )
 
 
 def _flip(char: str) -> str:

@@ -5,11 +5,14 @@ Every protocol rule comes from the signing layer; this module only decides what 
 Error choices (``error_response`` unless noted; all signed with the Alipay key):
 
 - 40001 ``isv.missing-app-id``, ``isv.missing-method``, ``isv.missing-signature``,
-  ``isv.missing-signature-type``, ``isv.missing-app-cert-sn``, ``isv.missing-alipay-root-cert-sn``
+  ``isv.missing-signature-type``
 - 40002 ``isv.invalid-app-id``, ``isv.invalid-method``, ``isv.invalid-signature-type``,
-  ``isv.invalid-app-cert-sn``, ``isv.invalid-alipay-root-cert-sn``, ``isv.invalid-encrypt-type``
-  (unknown type, or AES with no key configured), ``isv.decryption-error``,
-  ``isv.invalid-parameter`` (a form field repeated, or not UTF-8)
+  ``isv.invalid-encrypt-type`` (unknown type, or AES with no key configured),
+  ``isv.decryption-error``, ``isv.invalid-parameter`` (a form field repeated, or not UTF-8)
+- cert mode, under the method node, signed but naming no ``alipay_cert_sn``: 40001
+  ``isv.missing-app-cert-sn`` / ``isv.missing-alipay-root-cert-sn``, 40002
+  ``isv.app-cert-not-exist`` (an ``app_cert_sn`` that is not the app's) /
+  ``isv.invalid-alipay-root-cert-sn``
 - under the method node: 40002 ``isv.invalid-signature``; 40001 ``isv.missing-timestamp`` /
   40002 ``isv.invalid-timestamp``; 40002 ``isv.invalid-biz-content``; then the business errors:
   40001 ``isv.missing-<field>``, 40002 ``isv.invalid-<field>``, 40002 ``isv.code-invalid``
@@ -38,6 +41,7 @@ from appauth.alipay.signing import (
 )
 
 from .config import SimulatorConfig
+from .faults import CallInfo
 from .reply import JSON_TYPE, Reply
 from .state import ErrorKind, SimulatorState, StateError
 
@@ -68,13 +72,17 @@ class GatewayError(Exception):
         sub_msg: str,
         *,
         under_method: bool = False,
-        outcome: str = "rejected",
+        outcome: str | None = None,
+        names_cert: bool = True,
     ) -> None:
         self.code = code
         self.sub_code = sub_code
         self.sub_msg = sub_msg
         self.under_method = under_method
-        self.outcome = outcome
+        # By default an answer under the method node counts as a business error in the stats.
+        self.outcome = outcome or ("business_error" if under_method else "rejected")
+        # Whether the signed answer names alipay_cert_sn (cert mode).
+        self.names_cert = names_cert
         super().__init__(sub_code)
 
     def node(self) -> dict[str, Any]:
@@ -138,6 +146,7 @@ def signed_body(
     *,
     encrypt: bool = False,
     escape_slashes: bool = False,
+    names_cert: bool = True,
 ) -> bytes:
     """``{"<node>":<text>,["alipay_cert_sn":..,]"sign":..}`` signing the exact node text."""
     text = dumps_compact(node)
@@ -145,7 +154,7 @@ def signed_body(
         # The node becomes a JSON string of base64; the signed text includes its quotes.
         text = json.dumps(aes_encrypt(text, config.encrypt_key))
     parts = [f"{json.dumps(node_name)}:{text}"]
-    if config.alipay_cert_sn:
+    if config.alipay_cert_sn and names_cert:
         parts.append(f'"alipay_cert_sn":{json.dumps(config.alipay_cert_sn)}')
     parts.append(f'"sign":{json.dumps(rsa_sign(text, config.alipay_private_key))}')
     body = "{" + ",".join(parts) + "}"
@@ -203,13 +212,9 @@ def handle(
             rejection.node(),
             encrypt=encrypt and rejection.under_method,
             escape_slashes=escape_slashes,
+            names_cert=rejection.names_cert,
         )
-        outcome = (
-            "business_error"
-            if rejection.outcome == "rejected" and rejection.under_method
-            else rejection.outcome
-        )
-        return Reply(200, body, {"Content-Type": JSON_TYPE}, outcome=outcome)
+        return Reply(200, body, {"Content-Type": JSON_TYPE}, outcome=rejection.outcome)
     node = {"code": "10000", "msg": "Success", **data}
     body = signed_body(
         config, response_node_name(method), node, encrypt=encrypt, escape_slashes=escape_slashes
@@ -258,17 +263,68 @@ def _check_envelope(config: SimulatorConfig, params: dict[str, str]) -> None:
         ) from None
 
 
+def _cert_error(code: str, sub_code: str, sub_msg: str) -> GatewayError:
+    """A cert-SN refusal as Alipay's gateway answers it.
+
+    Sub codes: Alipay's signing troubleshooting page (opendocs common/02kdnf) lists
+    isv.missing-app-cert-sn, isv.missing-alipay-root-cert-sn, isv.invalid-alipay-root-cert-sn
+    and isv.app-cert-not-exist (there is no "isv.invalid-app-cert-sn"); the official v3 SDK's
+    CommonErrorType enum has the same names without "isv.". Shape: a real answer captured with
+    the Java SDK reads {"alipay_fund_trans_uni_transfer_response":{"code":"40002","msg":
+    "Invalid Arguments","sub_code":"isv.missing-app-cert-sn",...},"sign":"..."}: under the
+    method node (the Java SDK's parser calls error_response the old gateway's form), signed,
+    naming no alipay_cert_sn (the gateway never resolved the caller's certificate). Signed
+    without an SN: the Java SDK skips verifying a failure that names no certificate and returns
+    it as an error; our layer verifies it with its one configured Alipay key and raises a
+    signed AlipayError. An error_response here would be neither. (That capture says 40002 even
+    for a missing SN; we keep 40001 for "missing" like every other missing parameter, which
+    tests of the layer's client rely on; both codes are permanent to the layer.)
+    """
+    return GatewayError(
+        code, sub_code, sub_msg, under_method=True, outcome="rejected", names_cert=False
+    )
+
+
 def _check_cert_sns(config: SimulatorConfig, params: dict[str, str]) -> None:
     app_cert_sn = params.get("app_cert_sn")
     if not app_cert_sn:
-        raise GatewayError("40001", "isv.missing-app-cert-sn", "缺少应用公钥证书序列号")
+        raise _cert_error("40001", "isv.missing-app-cert-sn", "缺少应用公钥证书序列号")
     if app_cert_sn != config.app_cert_sn:
-        raise GatewayError("40002", "isv.invalid-app-cert-sn", "应用公钥证书序列号不匹配")
+        raise _cert_error(
+            "40002", "isv.app-cert-not-exist", "应用公钥证书不存在，请检查app_cert_sn"
+        )
     root_sn = params.get("alipay_root_cert_sn")
     if not root_sn:
-        raise GatewayError("40001", "isv.missing-alipay-root-cert-sn", "缺少支付宝根证书序列号")
+        raise _cert_error("40001", "isv.missing-alipay-root-cert-sn", "缺少支付宝根证书序列号")
     if config.alipay_root_cert_sn is not None and root_sn != config.alipay_root_cert_sn:
-        raise GatewayError("40002", "isv.invalid-alipay-root-cert-sn", "支付宝根证书序列号不匹配")
+        raise _cert_error("40002", "isv.invalid-alipay-root-cert-sn", "支付宝根证书序列号无效")
+
+
+def call_info(config: SimulatorConfig, params: dict[str, str]) -> CallInfo:
+    """What the fault rules match on, read from the (not yet verified) parameters."""
+    text = params.get("biz_content", "")
+    if params.get("encrypt_type") == "AES" and config.encrypt_key is not None and text:
+        try:
+            text = aes_decrypt(text, config.encrypt_key)
+        except SignatureError:
+            text = ""
+    try:
+        biz = json.loads(text) if text else {}
+    except (ValueError, RecursionError):
+        biz = {}
+    if not isinstance(biz, dict):
+        biz = {}
+
+    def text_of(value: Any) -> str | None:
+        return value if isinstance(value, str) and value else None
+
+    return CallInfo(
+        method=params.get("method", ""),
+        grant_type=text_of(biz.get("grant_type")),
+        code=text_of(biz.get("code")),
+        refresh_token=text_of(biz.get("refresh_token")),
+        app_auth_token=text_of(biz.get("app_auth_token")) or text_of(params.get("app_auth_token")),
+    )
 
 
 def _biz_text(config: SimulatorConfig, params: dict[str, str]) -> tuple[bool, str]:

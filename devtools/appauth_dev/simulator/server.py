@@ -11,6 +11,7 @@ import logging
 import threading
 import time
 from collections.abc import Callable
+from dataclasses import dataclass
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from types import TracebackType
 from typing import Any
@@ -20,10 +21,19 @@ from appauth.alipay.errors import SignatureError
 from appauth.alipay.signing import parse_form
 
 from . import consent, corruption, gateway, v3
+from . import notify as notifications
 from .config import SimulatorConfig
-from .faults import FaultInjector, Faults, Stats
+from .faults import (
+    BEFORE_PROCESSING_FAULTS,
+    CallInfo,
+    FaultInjector,
+    Faults,
+    Plan,
+    Release,
+    Stats,
+)
 from .reply import JSON_TYPE, Reply
-from .state import SimulatorState, beijing
+from .state import CallNote, SimulatorState, beijing
 
 logger = logging.getLogger("appauth_dev.simulator")
 
@@ -40,14 +50,44 @@ class SimulatorServer(ThreadingHTTPServer):
     def __init__(self, address: tuple[str, int], config: SimulatorConfig) -> None:
         self.config = config
         self.state = SimulatorState(grace_seconds=config.grace_seconds, seed=config.seed)
-        self.faults = FaultInjector(config.seed)
+        self.faults = FaultInjector(config.seed, clock=self.state.clock.now)
         self.stats = Stats()
         super().__init__(address, Handler)
 
     def reset(self) -> None:
-        self.state.reset()
+        # Faults first: held requests and injected timeouts end before the state is cleared.
         self.faults.reset()
+        self.state.reset()
         self.stats.reset()
+
+    def revoke(self, auth_app_id: str, *, notify: bool = False) -> dict[str, Any]:
+        """The merchant cancels (KeyError for an unknown app), silently or with a notification."""
+        count = self.state.revoke(auth_app_id)
+        notification = self.notify_cancelled(auth_app_id) if notify else None
+        return {"auth_app_id": auth_app_id, "revoked_pairs": count, "notification": notification}
+
+    def notify_cancelled(self, auth_app_id: str) -> dict[str, Any]:
+        """Build the signed cancellation notification and POST it to the behaviour's notify_url."""
+        now = self.state.clock.now()
+        form_body = notifications.cancelled_form(
+            self.config,
+            auth_app_id=auth_app_id,
+            user_id=self.state.user_of(auth_app_id) or "",
+            notify_id=self.state.new_notify_id(now),
+            now=now,
+        )
+        url = self.state.behaviour.notify_url
+        if url is None:
+            delivery = notifications.Delivery(False, None, None, "not sent: no notify_url")
+        else:
+            delivery = notifications.deliver(url, form_body)
+            # The body is signed and names the merchant: log the outcome only.
+            logger.info(
+                "cancellation notification: delivered=%s status=%s",
+                delivery.delivered,
+                delivery.status,
+            )
+        return {"form_body": form_body, **delivery.as_dict()}
 
 
 def _html_reply(status: int, html: str) -> Reply:
@@ -65,6 +105,24 @@ class _BadRequestError(Exception):
     pass
 
 
+@dataclass
+class _Work:
+    """One API call's processing: run at most once, noting the fault that will hit its answer."""
+
+    state: SimulatorState
+    process: Callable[[], Reply]
+    reply: Reply | None = None
+    note: CallNote | None = None
+    held: bool = False
+
+    def run(self, fault: str | None) -> Reply:
+        if self.reply is None:
+            with self.state.noting(fault) as note:
+                self.reply = self.process()
+            self.note = note
+        return self.reply
+
+
 class Handler(BaseHTTPRequestHandler):
     server: SimulatorServer
     protocol_version = "HTTP/1.1"
@@ -72,6 +130,9 @@ class Handler(BaseHTTPRequestHandler):
     sys_version = ""
     # A client that stops sending must not hold a thread forever.
     timeout = 30
+    # Headers and body go out in two writes: without TCP_NODELAY every keep-alive answer
+    # waits for the client's delayed ACK (about 40 ms).
+    disable_nagle_algorithm = True
 
     # --- logging (never the request line: it carries tokens and signatures) ----------------
 
@@ -164,7 +225,7 @@ class Handler(BaseHTTPRequestHandler):
         elif path == consent.APPROVE_PATH and self.command == "POST":
             self._approve(body)
         elif path.startswith("/simulator/"):
-            self._send(self._control(path, body))
+            self._send(self._control(path, urlsplit(self.path).query, body))
         elif path == "/" and self.command == "GET":
             self._send(
                 _json_reply(
@@ -184,43 +245,84 @@ class Handler(BaseHTTPRequestHandler):
     def _api(
         self,
         label: str,
+        call: CallInfo,
         process: Callable[[bool], Reply],
         unavailable: Callable[[], Reply],
         limited: Callable[[], Reply],
     ) -> None:
+        """Answer one API call, through whatever fault the rules or the random faults pick.
+
+        ``process`` computes the answer and changes the state. A fault "after processing" lets
+        it run first (the answer is then lost or damaged); before processing it never runs, or
+        runs rolled back (a response fault still needs an answer to damage).
+        """
         srv = self.server
-        decision = srv.faults.decide()
-        if decision.latency:
-            time.sleep(decision.latency)
-        if decision.rate_limited:
-            reply = limited()
-        elif decision.error:
-            reply = unavailable()
-        elif decision.timeout:
-            if decision.timeout_after_processing:
-                process(decision.escape_slashes)
-            srv.stats.record(label, "timeout")
-            time.sleep(decision.timeout_seconds)
-            # No response at all: the client sees the connection drop.
-            self.close_connection = True
-            return
-        elif decision.response_fault is not None:
-            if decision.response_fault_after_processing:
-                reply = process(decision.escape_slashes)
-            else:
-                with srv.state.rolled_back():
-                    reply = process(decision.escape_slashes)
-            reply = corruption.corrupt(reply, decision.response_fault, v3=label.startswith("v3 "))
-            srv.stats.record(label, reply.outcome)
-            self.close_connection = True
-            # A client that rejects an oversized answer hangs up before reading all of it.
-            with contextlib.suppress(ConnectionError):
-                self._send(reply)
+        apps = srv.state.resolve_apps(
+            code=call.code, refresh_token=call.refresh_token, app_auth_token=call.app_auth_token
+        )
+        plan = srv.faults.plan(call, apps)
+        if plan.latency:
+            time.sleep(plan.latency)
+        work = _Work(srv.state, lambda: process(plan.escape_slashes))
+        fault, after = plan.fault, plan.after_processing
+        if fault == "hold":
+            release = self._hold(plan, work, call, apps)
+            if release.aborted:
+                # Reset or shutdown: drop the call; nothing more happens to it.
+                self.close_connection = True
+                return
+            # A released call goes on into its "then" fault; one held before processing is
+            # processed now (that is the reordering), so timeouts and response faults after a
+            # hold always hit a processed call.
+            fault, after = release.then, True
+        if fault is None:
+            reply = work.run("hold" if work.held else None)
+        elif fault in BEFORE_PROCESSING_FAULTS:
+            if work.reply is None:
+                srv.state.record_unprocessed(call.refresh_token, fault)
+            answers = {"error": unavailable, "rate_limited": limited}
+            reply = answers.get(fault, corruption.proxy_503)()
+        elif fault == "timeout":
+            self._time_out(plan, work, call, label, after=after)
             return
         else:
-            reply = process(decision.escape_slashes)
+            # A response fault: the answer is damaged on its way to the client.
+            if work.reply is None and not after:
+                with srv.state.rolled_back():
+                    work.run(None)
+                srv.state.record_unprocessed(call.refresh_token, fault)
+            reply = corruption.corrupt(work.run(fault), fault, v3=label.startswith("v3 "))
+            self.close_connection = True
         srv.stats.record(label, reply.outcome)
-        self._send(reply)
+        # A client that rejects an oversized answer hangs up before reading all of it.
+        with contextlib.suppress(ConnectionError):
+            self._send(reply)
+
+    def _hold(self, plan: Plan, work: _Work, call: CallInfo, apps: tuple[str, ...]) -> Release:
+        """Block this thread until a test releases the call (processing it first if asked)."""
+        srv = self.server
+        if plan.after_processing:
+            work.run("hold")
+        release = srv.faults.hold(plan.rule_id, call.method, apps[0] if apps else None)
+        work.held = True
+        if work.note is not None and release.then is not None:
+            srv.state.amend(work.note, release.then)
+        return release
+
+    def _time_out(
+        self, plan: Plan, work: _Work, call: CallInfo, label: str, *, after: bool
+    ) -> None:
+        srv = self.server
+        if work.reply is None:
+            if after:
+                work.run("timeout")
+            else:
+                srv.state.record_unprocessed(call.refresh_token, "timeout")
+        srv.stats.record(label, "timeout")
+        if not work.held:
+            srv.faults.sleep(plan.timeout_seconds)
+        # No response at all: the client sees the connection drop.
+        self.close_connection = True
 
     def _gateway(self, body: bytes) -> None:
         srv = self.server
@@ -242,6 +344,7 @@ class Handler(BaseHTTPRequestHandler):
         label = method if method in gateway.METHODS else "unknown"
         self._api(
             label,
+            gateway.call_info(srv.config, params),
             lambda escape: gateway.handle(srv.config, srv.state, params, escape_slashes=escape),
             gateway.unavailable,
             lambda: gateway.rate_limited(srv.config),
@@ -256,6 +359,7 @@ class Handler(BaseHTTPRequestHandler):
             return
         self._api(
             v3.LABELS[path],
+            v3.call_info(path, self.path, body, headers),
             lambda _escape: v3.handle(
                 srv.config,
                 state=srv.state,
@@ -308,20 +412,29 @@ class Handler(BaseHTTPRequestHandler):
 
     # --- control API ------------------------------------------------------------------------------
 
-    def _control(self, path: str, body: bytes) -> Reply:
+    def _control(self, path: str, query: str, body: bytes) -> Reply:
         srv = self.server
         name = path.removeprefix("/simulator/")
-        if self.command == "GET":
-            reader = _READERS.get(name)
-            return (
-                _json_reply(200, reader(srv))
-                if reader
-                else _json_reply(404, {"error": "not found"})
-            )
-        if self.command != "POST":
-            return _json_reply(405, {"error": "use POST"})
         try:
+            if self.command == "GET":
+                if name.startswith("merchants/"):
+                    return _merchant(srv, name.removeprefix("merchants/"))
+                if name == "holds":
+                    return _holds(srv, query)
+                reader = _READERS.get(name)
+                return (
+                    _json_reply(200, reader(srv))
+                    if reader
+                    else _json_reply(404, {"error": "not found"})
+                )
+            if self.command == "DELETE" and name == "faults/rules":
+                return _json_reply(200, {"cleared": srv.faults.clear_rules()})
+            if self.command != "POST":
+                return _json_reply(405, {"error": "use POST"})
             data = _json_body(body)
+            hold_id = name.removeprefix("holds/").removesuffix("/release")
+            if name == f"holds/{hold_id}/release":
+                return _release(srv, hold_id, data)
             return _CONTROL.get(name, _not_found)(srv, data)
         except _BadRequestError as error:
             return _json_reply(400, {"error": str(error)})
@@ -381,11 +494,13 @@ def _revoke(srv: SimulatorServer, data: dict[str, Any]) -> Reply:
     auth_app_id = _optional_str(data, "auth_app_id")
     if auth_app_id is None:
         raise _BadRequestError("'auth_app_id' is required")
+    notify = data.get("notify", False)
+    if not isinstance(notify, bool):
+        raise _BadRequestError("'notify' must be true or false")
     try:
-        count = srv.state.revoke(auth_app_id)
+        return _json_reply(200, srv.revoke(auth_app_id, notify=notify))
     except KeyError:
         return _json_reply(404, {"error": "no such merchant app"})
-    return _json_reply(200, {"auth_app_id": auth_app_id, "revoked_pairs": count})
 
 
 def _advance_clock(srv: SimulatorServer, data: dict[str, Any]) -> Reply:
@@ -414,6 +529,55 @@ def _set_faults(srv: SimulatorServer, data: dict[str, Any]) -> Reply:
     return _json_reply(200, faults.as_dict())
 
 
+def _set_behaviour(srv: SimulatorServer, data: dict[str, Any]) -> Reply:
+    try:
+        return _json_reply(200, srv.state.set_behaviour(**data).as_dict())
+    except ValueError as error:
+        raise _BadRequestError(str(error)) from None
+
+
+def _add_rule(srv: SimulatorServer, data: dict[str, Any]) -> Reply:
+    try:
+        return _json_reply(200, srv.faults.add_rule(**data))
+    except ValueError as error:
+        raise _BadRequestError(str(error)) from None
+
+
+def _merchant(srv: SimulatorServer, auth_app_id: str) -> Reply:
+    record = srv.state.merchant_record(auth_app_id)
+    if record is None:
+        return _json_reply(404, {"error": "no such merchant app"})
+    return _json_reply(200, record)
+
+
+MAX_HOLD_WAIT = 60.0
+
+
+def _holds(srv: SimulatorServer, query: str) -> Reply:
+    """``?wait=S&count=N``: block up to S seconds until N requests are held (a Condition)."""
+    try:
+        params = parse_form(query)
+    except SignatureError:
+        raise _BadRequestError("bad query string") from None
+    try:
+        wait = float(params.get("wait") or 0)
+        count = int(params.get("count") or 1)
+    except ValueError:
+        raise _BadRequestError("'wait' must be seconds and 'count' an integer") from None
+    if not 0 <= wait <= MAX_HOLD_WAIT or not 1 <= count <= 1000:
+        raise _BadRequestError(f"'wait' must be 0 to {MAX_HOLD_WAIT:g} s, 'count' 1 to 1000")
+    return _json_reply(200, srv.faults.holds(wait=wait, count=count))
+
+
+def _release(srv: SimulatorServer, hold_id: str, data: dict[str, Any]) -> Reply:
+    try:
+        return _json_reply(200, srv.faults.release(hold_id, then=data.get("then")))
+    except ValueError as error:
+        raise _BadRequestError(str(error)) from None
+    except KeyError:
+        return _json_reply(404, {"error": "no such held request"})
+
+
 def _reset(srv: SimulatorServer, data: dict[str, Any]) -> Reply:
     srv.reset()
     return _json_reply(200, {"reset": True})
@@ -422,13 +586,17 @@ def _reset(srv: SimulatorServer, data: dict[str, Any]) -> Reply:
 _READERS: dict[str, Callable[[SimulatorServer], Any]] = {
     "stats": lambda srv: {"requests": srv.stats.snapshot()},
     "faults": lambda srv: srv.faults.faults.as_dict(),
+    "faults/rules": lambda srv: srv.faults.rules(),
     "clock": _clock,
+    "behaviour": lambda srv: srv.state.behaviour.as_dict(),
 }
 _CONTROL: dict[str, Callable[[SimulatorServer, dict[str, Any]], Reply]] = {
     "codes": _codes,
     "revoke": _revoke,
     "clock": _advance_clock,
     "faults": _set_faults,
+    "faults/rules": _add_rule,
+    "behaviour": _set_behaviour,
     "reset": _reset,
 }
 
@@ -476,10 +644,17 @@ class RunningSimulator:
         return self._server.stats
 
     def reset(self) -> None:
-        """Clear state, faults, statistics and the clock offset (same as POST /simulator/reset)."""
+        """Clear state, behaviour, faults, rules, holds, statistics and the clock offset (same as
+        POST /simulator/reset)."""
         self._server.reset()
 
+    def revoke(self, auth_app_id: str, notify: bool = False) -> dict[str, Any]:
+        """Same as POST /simulator/revoke; KeyError for an unknown merchant app."""
+        return self._server.revoke(auth_app_id, notify=notify)
+
     def shutdown(self) -> None:
+        # Held requests and injected timeouts end first, so no handler thread hangs.
+        self._server.faults.release_all()
         self._server.shutdown()
         self._server.server_close()
         self._thread.join(timeout=5)

@@ -6,8 +6,10 @@ codes (all signed, with an ``alipay-trace-id`` header):
 - 400 ``missing-parameter`` / ``invalid-parameter`` (bad JSON, missing or wrong-typed field),
   400 ``invalid-auth-code`` (unknown, used or expired code), 400 ``invalid-refresh-token``
 - 401 ``invalid-authorization`` (missing or malformed header), ``invalid-app-id``,
-  ``invalid-app-cert-sn``, ``invalid-alipay-root-cert-sn``, ``invalid-signature``,
-  ``invalid-app-auth-token``, ``app-auth-token-expired``
+  ``invalid-signature``, ``invalid-app-auth-token``, ``app-auth-token-expired``
+- cert mode, 400, signed but with no ``alipay-sn`` header (see :func:`_cert_error`):
+  ``missing-app-cert-sn``, ``app-cert-not-exist`` (an ``app_cert_sn`` that is not the app's),
+  ``missing-alipay-root-cert-sn``, ``invalid-alipay-root-cert-sn``
 - 404 ``not-found``, 405 ``method-not-allowed``
 - faults: 503 ``service-unavailable`` (unsigned), 429 ``app-call-limited`` (signed)
 """
@@ -31,6 +33,7 @@ from appauth.alipay.signing_v3 import (
 )
 
 from .config import SimulatorConfig
+from .faults import CallInfo
 from .reply import JSON_TYPE, Reply
 from .state import ErrorKind, SimulatorState, StateError
 
@@ -45,12 +48,32 @@ LABELS = {
 
 
 class V3Error(Exception):
-    def __init__(self, status: int, code: str, message: str, outcome: str = "rejected") -> None:
+    def __init__(
+        self,
+        status: int,
+        code: str,
+        message: str,
+        outcome: str = "rejected",
+        *,
+        names_cert: bool = True,
+    ) -> None:
         self.status = status
         self.code = code
         self.message = message
         self.outcome = outcome
+        # Whether the signed answer carries alipay-sn (cert mode).
+        self.names_cert = names_cert
         super().__init__(code)
+
+
+def _cert_error(code: str, message: str) -> V3Error:
+    """A cert-SN refusal: the codes of the official v3 SDK's CommonErrorType enum
+    (missing-app-cert-sn, app-cert-not-exist, missing-alipay-root-cert-sn,
+    invalid-alipay-root-cert-sn), 400 as Alipay's v3 error table (open-v3/054fcv) classes
+    certificate and parameter problems. Signed like the v2 answer but without ``alipay-sn``
+    (the gateway never resolved the caller's certificate), so a client that knows one Alipay
+    certificate still verifies it and surfaces the error code."""
+    return V3Error(400, code, message, names_cert=False)
 
 
 def _business_error(error: StateError) -> V3Error:
@@ -73,7 +96,12 @@ def _trace_id() -> str:
 
 
 def signed_reply(
-    config: SimulatorConfig, status: int, value: Mapping[str, Any], *, outcome: str = "success"
+    config: SimulatorConfig,
+    status: int,
+    value: Mapping[str, Any],
+    *,
+    outcome: str = "success",
+    names_cert: bool = True,
 ) -> Reply:
     body = dumps_compact(value)
     timestamp = str(int(_now_ms()))
@@ -87,7 +115,7 @@ def signed_reply(
             response_sign_content(timestamp, nonce, body), config.alipay_private_key
         ),
     }
-    if config.alipay_cert_sn:
+    if config.alipay_cert_sn and names_cert:
         headers["alipay-sn"] = config.alipay_cert_sn
     return Reply(status, body.encode("utf-8"), headers, outcome=outcome)
 
@@ -98,7 +126,9 @@ def _now_ms() -> float:
 
 def error_reply(config: SimulatorConfig, error: V3Error) -> Reply:
     value = {"code": error.code, "message": error.message, "links": []}
-    return signed_reply(config, error.status, value, outcome=error.outcome)
+    return signed_reply(
+        config, error.status, value, outcome=error.outcome, names_cert=error.names_cert
+    )
 
 
 def unavailable() -> Reply:
@@ -191,16 +221,50 @@ def _authenticate(
     if fields["app_id"] != config.app_id:
         raise V3Error(401, "invalid-app-id", "无效的AppID参数")
     if config.cert_mode:
-        if fields.get("app_cert_sn") != config.app_cert_sn:
-            raise V3Error(401, "invalid-app-cert-sn", "应用公钥证书序列号不匹配")
+        app_cert_sn = fields.get("app_cert_sn")
+        if not app_cert_sn:
+            raise _cert_error("missing-app-cert-sn", "缺少应用公钥证书序列号")
+        if app_cert_sn != config.app_cert_sn:
+            raise _cert_error("app-cert-not-exist", "应用公钥证书不存在，请检查app_cert_sn")
         root = headers.get("alipay-root-cert-sn")
+        if not root:
+            raise _cert_error("missing-alipay-root-cert-sn", "缺少支付宝根证书序列号")
         if config.alipay_root_cert_sn is not None and root != config.alipay_root_cert_sn:
-            raise V3Error(401, "invalid-alipay-root-cert-sn", "支付宝根证书序列号不匹配")
+            raise _cert_error("invalid-alipay-root-cert-sn", "支付宝根证书序列号无效")
     content = request_sign_content(auth, http_method, raw_target, text, app_auth_token)
     if not rsa_verify(content, signature, config.app_public_key, "RSA2"):
         raise V3Error(
             401, "invalid-signature", "验签出错，请检查签名内容与应用私钥", "invalid_signature"
         )
+
+
+def call_info(path: str, raw_target: str, body: bytes, headers: Mapping[str, str]) -> CallInfo:
+    """What the fault rules match on, read from the (not yet verified) request."""
+    method = LABELS[path].removeprefix("v3 ")
+    header_token = headers.get("alipay-app-auth-token") or None
+    if path == QUERY_PATH:
+        try:
+            token = parse_form(urlsplit(raw_target).query).get("app_auth_token")
+        except (SignatureError, UnicodeDecodeError):
+            token = None
+        return CallInfo(method, app_auth_token=token or header_token)
+    try:
+        value = json.loads(body.decode("utf-8")) if body.strip() else {}
+    except (UnicodeDecodeError, ValueError, RecursionError):
+        value = {}
+    data = value if isinstance(value, dict) else {}
+
+    def text_of(name: str) -> str | None:
+        item = data.get(name)
+        return item if isinstance(item, str) and item else None
+
+    return CallInfo(
+        method,
+        grant_type=text_of("grant_type"),
+        code=text_of("code"),
+        refresh_token=text_of("refresh_token"),
+        app_auth_token=header_token,
+    )
 
 
 def _json_object(text: str) -> dict[str, Any]:
