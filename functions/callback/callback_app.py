@@ -270,4 +270,19 @@ def _count_failure(reason: str) -> None:
 @metrics.log_metrics
 def lambda_handler(event: dict[str, Any], context: LambdaContext) -> dict[str, Any]:
     IDEMPOTENCY.register_lambda_context(context)
-    return app.resolve(event, context)
+    try:
+        return app.resolve(event, context)
+    finally:
+        _count_lifecycle_events()
+
+
+def _count_lifecycle_events() -> None:
+    """Lifecycle events this request published, or failed to (alarmed): never raises."""
+    try:
+        published, failed = runtime().events.take_counts()
+    except ConfigError:  # misconfigured: nothing was published, and the response says so
+        return
+    if published:
+        metrics.add_metric(name="EventsPublished", unit=MetricUnit.Count, value=published)
+    if failed:
+        metrics.add_metric(name="EventsPublishFailed", unit=MetricUnit.Count, value=failed)

@@ -9,8 +9,10 @@
 
 from __future__ import annotations
 
+import copy
 import json
 import secrets
+import threading
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -20,6 +22,9 @@ import boto3
 import pytest
 import requests
 from aws_lambda_powertools.utilities import parameters
+from moto.dynamodb import models as dynamodb_models
+from moto.dynamodb.models import DynamoDBBackend
+from moto.dynamodb.models.table import Table as DynamoDBTable
 
 from appauth.runtime import reset_runtime
 from appauth_dev.simulator import RunningSimulator
@@ -188,3 +193,76 @@ def lifecycle_events(local_stack: LocalStackEnv) -> EventCapture:
         Rule="appauth-lifecycle", EventBusName=bus, Targets=[{"Id": "queue", "Arn": arn}]
     )
     return EventCapture(sqs, queue_url)
+
+
+@pytest.fixture
+def atomic_moto(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Make moto's DynamoDB operations atomic, as DynamoDB's are.
+
+    moto applies an update attribute by attribute with no lock, and a failed transaction restores
+    a deep copy of the whole table taken before it started, wiping writes other threads made
+    meanwhile. Real DynamoDB checks a condition and writes an item atomically (transactions are
+    serializable), so concurrency tests serialize moto's operations on the server side (moto runs
+    in this process); the clients still race for real.
+    """
+    lock = threading.RLock()
+    for name in (
+        "get_item",
+        "put_item",
+        "update_item",
+        "delete_item",
+        "query",
+    ):
+        original = getattr(DynamoDBBackend, name)
+
+        def locked(self: Any, *args: Any, __original: Any = original, **kwargs: Any) -> Any:
+            with lock:
+                return __original(self, *args, **kwargs)
+
+        monkeypatch.setattr(DynamoDBBackend, name, locked)
+    # moto backs up every table a transaction touches with a deep copy of the WHOLE table: with
+    # hundreds of merchants that copy is most of a test's time. Under the lock the same rollback
+    # needs only the items the transaction names, so back those up instead.
+    monkeypatch.setattr(dynamodb_models, "copy", _TableCopySkipper())
+    transact = DynamoDBBackend.transact_write_items
+
+    def atomic_transact(self: Any, transact_items: list[dict[str, Any]]) -> None:
+        with lock:
+            saved = [_item_backup(self, entry) for entry in transact_items]
+            try:
+                transact(self, transact_items)
+            except Exception:
+                for table_name, key, item in saved:
+                    self.delete_item(table_name, key)
+                    if item is not None:
+                        self.put_item(table_name, item)
+                raise
+
+    monkeypatch.setattr(DynamoDBBackend, "transact_write_items", atomic_transact)
+
+
+class _TableCopySkipper:
+    """``copy`` as moto's DynamoDB models see it: a Table is not copied (atomic_moto restores the
+    items a failed transaction touched); everything else is."""
+
+    def deepcopy(self, value: Any, memo: Any = None) -> Any:
+        if isinstance(value, DynamoDBTable):
+            return value
+        return copy.deepcopy(value, memo)
+
+
+def _item_backup(backend: Any, entry: dict[str, Any]) -> tuple[str, dict[str, Any], Any]:
+    (op,) = entry.values()
+    table_name = op["TableName"]
+    if "Key" in op:
+        key = op["Key"]
+    else:
+        table = backend.get_table(table_name)
+        names = [table.hash_key_attr] + ([table.range_key_attr] if table.range_key_attr else [])
+        key = {name: op["Item"][name] for name in names}
+    current = backend.get_item(table_name, key)
+    return (
+        table_name,
+        key,
+        None if current is None else copy.deepcopy(current.to_json()["Attributes"]),
+    )

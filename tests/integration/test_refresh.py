@@ -19,7 +19,7 @@ import requests
 
 import refresh_app
 from appauth.alipay.models import TokenGrant
-from appauth.parking import park_grants
+from appauth.parking import park_grants, parked_message
 from appauth.refresh import TRANSIENT_BACKOFF
 from appauth.runtime import runtime
 from appauth.store import STATUS_GRANTED, app_pk
@@ -291,3 +291,94 @@ def test_a_run_short_of_time_leaves_merchants_for_the_next_run(cold_start: Servi
     assert result["rotated"] == 0
     assert token_calls(service) == before  # no refresh was started that could not be stored
     assert run()["rotated"] == len(due)
+
+
+# --- the manual trigger, the parking queue's event source, bad requests ------------------------
+
+MANUAL = json.loads(
+    (Path(__file__).parents[2] / "events" / "refresh_manual.json").read_text(encoding="utf-8")
+)
+PARKED_SQS = json.loads(
+    (Path(__file__).parents[2] / "events" / "refresh_parked_sqs.json").read_text(encoding="utf-8")
+)
+
+
+def test_the_manual_trigger_refreshes_those_merchants_now_even_if_not_due(
+    cold_start: ServiceStack,
+):
+    service = cold_start
+    fresh, other = exchange(service, batch_size=2)
+    store_pair(fresh)
+    store_pair(other)
+    unknown = "2021009999999999"
+
+    result = refresh_app.lambda_handler(
+        {**MANUAL, "auth_app_ids": [fresh.auth_app_id, unknown]},
+        FakeContext(function_name="appauth-refresh", remaining_ms=900_000),
+    )
+
+    assert result["due"] == 2
+    assert result["rotated"] == result["not_found"] == 1
+    assert sorted(result["merchants"], key=lambda m: m["outcome"]) == [
+        {"auth_app_id": unknown, "outcome": "not_found"},
+        {"auth_app_id": fresh.auth_app_id, "outcome": "rotated"},
+    ]
+    refreshed = runtime().store.get(fresh.auth_app_id)
+    untouched = runtime().store.get(other.auth_app_id)
+    assert refreshed is not None
+    assert untouched is not None
+    assert (refreshed.version, untouched.version) == (2, 1)
+
+
+@pytest.mark.parametrize(
+    "event",
+    [
+        {"auth_app_ids": []},
+        {"auth_app_ids": ["not-an-app-id"]},
+        {"auth_app_ids": "2021004200000001"},
+        {"auth_app_ids": ["2021004200000001"] * 101},
+        {"due": False},
+        {"due": True, "auth_app_ids": ["2021004200000001"]},
+        {"due": True, "extra": 1},
+        ["due"],
+    ],
+)
+def test_a_malformed_trigger_is_refused_and_changes_nothing(cold_start: ServiceStack, event: Any):
+    service = cold_start
+    (due,) = [store_pair(g, age=LONG_AGO) for g in exchange(service)]
+    before = token_calls(service)
+
+    result = refresh_app.lambda_handler(event, FakeContext(function_name="appauth-refresh"))
+
+    assert result["error"]["reason"] == "invalid_request"
+    assert token_calls(service) == before
+    stored = runtime().store.get(due.auth_app_id)
+    assert stored is not None
+    assert stored.version == 1
+
+
+def test_the_parking_queue_event_source_stores_pairs_and_reports_bad_records(
+    cold_start: ServiceStack,
+):
+    service = cold_start
+    (grant,) = exchange(service)
+    body = parked_message(
+        grant,
+        runtime().cipher.seal(grant.auth_app_id, grant.secrets()),
+        source="refresh",
+        reason="store_unavailable",
+    )
+    good = {**PARKED_SQS["Records"][0], "messageId": "good-1", "body": json.dumps(body)}
+    bad = {**PARKED_SQS["Records"][0], "messageId": "bad-1"}  # the sample's body: not a grant
+
+    result = refresh_app.lambda_handler(
+        {"Records": [good, bad]}, FakeContext(function_name="appauth-refresh")
+    )
+
+    assert result == {"batchItemFailures": [{"itemIdentifier": "bad-1"}]}
+    stored = runtime().store.get(grant.auth_app_id)
+    assert stored is not None
+    assert runtime().store.open_tokens(stored) == (grant.app_auth_token, grant.app_refresh_token)
+    assert "recovered" in {
+        e.detail.get("transition") for e in runtime().store.events(grant.auth_app_id)
+    }

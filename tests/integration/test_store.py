@@ -17,7 +17,6 @@ from typing import TYPE_CHECKING, Any
 
 import boto3
 import pytest
-from moto.dynamodb.models import DynamoDBBackend
 
 from appauth.alipay.models import TokenGrant
 from appauth.envelope import TokenCipher, TokenDecryptionError
@@ -62,34 +61,6 @@ def grant(
         re_expires_in=YEAR + 7 * 86400,
         received_at=received_at,
     )
-
-
-@pytest.fixture
-def atomic_moto(monkeypatch: pytest.MonkeyPatch) -> None:
-    """Make moto's DynamoDB operations atomic, as DynamoDB's are.
-
-    moto applies an update attribute by attribute with no lock, and a failed transaction restores
-    a deep copy of the whole table taken before it started, wiping writes other threads made
-    meanwhile. Real DynamoDB checks a condition and writes an item atomically (transactions are
-    serializable), so concurrency tests serialize moto's operations on the server side (moto runs
-    in this process); the clients still race for real.
-    """
-    lock = threading.RLock()
-    for name in (
-        "get_item",
-        "put_item",
-        "update_item",
-        "delete_item",
-        "query",
-        "transact_write_items",
-    ):
-        original = getattr(DynamoDBBackend, name)
-
-        def locked(self: Any, *args: Any, __original: Any = original, **kwargs: Any) -> Any:
-            with lock:
-                return __original(self, *args, **kwargs)
-
-        monkeypatch.setattr(DynamoDBBackend, name, locked)
 
 
 @pytest.fixture

@@ -201,7 +201,9 @@ def test_a_miss_is_not_cached(service: ServiceStack, clock: Clock):
 
 def test_a_revoked_answer_is_not_cached_either(service: ServiceStack, clock: Clock):
     grant = authorize(service)
-    runtime().store.mark_revoked(grant.auth_app_id, cancelled_at=grant.answered_at or grant.received_at, reason="x")
+    runtime().store.mark_revoked(
+        grant.auth_app_id, cancelled_at=grant.answered_at or grant.received_at, reason="x"
+    )
     assert query(grant.auth_app_id)["status"] == STATUS_REVOKED
     later = (
         runtime()

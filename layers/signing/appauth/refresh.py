@@ -208,8 +208,9 @@ class TokenBucket:
                     self._capacity, self._tokens + (now - self._updated) * self._rate
                 )
                 self._updated = now
-                if self._tokens >= 1:
-                    self._tokens -= 1
+                # The tolerance keeps float rounding from leaving a bucket a hair short forever.
+                if self._tokens >= 1 - 1e-9:
+                    self._tokens = max(0.0, self._tokens - 1)
                     return
                 wait_for = (1 - self._tokens) / self._rate
             self._sleep(wait_for)
