@@ -23,8 +23,9 @@ from appauth.alipay.models import TokenGrant
 from appauth.alipay.redaction import mask
 from appauth.store import AUTH_SK, app_pk
 from appauth_dev.keygen import generate_private_key, private_pkcs8_pem, public_pem
-from appauth_dev.local_service import local_service
+from appauth_dev.local_service import LocalService, local_service
 from appauth_dev.simulator.config import SimulatorConfig
+from appauth_dev.simulator.control import SimulatorControl
 from appauth_dev.simulator.server import RunningSimulator, start_simulator
 
 DEMO_APP_ID = "2021000199990001"
@@ -220,6 +221,64 @@ def _service_walkthrough() -> None:
         _say(
             f"  invoke refresh (schedule)                    → due={report['due']} rotated={report['rotated']} (fresh pairs are not due)"
         )
+        _rotation_walkthrough(service, auth_app_id, batch["auth_app_ids"])
+
+
+def _rotation_walkthrough(service: LocalService, auth_app_id: str, others: list[str]) -> None:
+    """The rotation protocol through the refresh function's manual trigger (due or not)."""
+    control = SimulatorControl(service.simulator.url)
+
+    def refresh(app: str) -> str:
+        result = service.invoke("refresh", {"auth_app_ids": [app]})
+        (entry,) = result["merchants"]
+        return str(entry["outcome"])
+
+    before = service.invoke("token_query", {"auth_app_id": auth_app_id, "consistent": True})
+    outcome = refresh(auth_app_id)
+    after = service.invoke("token_query", {"auth_app_id": auth_app_id, "consistent": True})
+    _check(
+        outcome == "rotated" and after["version"] == before["version"] + 1,
+        f"refresh: {outcome} version {after.get('version')}",
+    )
+    _say(
+        f"  invoke refresh {{auth_app_ids}}               → {outcome}: version={after['version']} app_auth_token={mask(after['app_auth_token'])}"
+    )
+    # Alipay rotates but the answer is lost; this Alipay replays a superseded refresh token.
+    control.behaviour(superseded_refresh="same_pair")
+    control.add_rule(
+        method="alipay.open.auth.token.app",
+        grant_type="refresh_token",
+        fault="timeout",
+        after_processing=True,
+        count=1,
+        timeout_seconds=0.1,
+    )
+    outcome = refresh(auth_app_id)
+    current = control.merchant(auth_app_id)
+    held = service.invoke("token_query", {"auth_app_id": auth_app_id, "consistent": True})
+    _check(
+        outcome == "recovered"
+        and current is not None
+        and held["app_auth_token"] == current["current"]["app_auth_token"],
+        f"a lost answer must be reconciled: {outcome}",
+    )
+    _say(
+        f"  refresh whose answer is lost (timeout)       → {outcome}: resent once, Alipay's pair stored (version={held['version']})"
+    )
+    # The merchant cancels at Alipay and no notification arrives.
+    cancelled = others[0]
+    control.revoke(cancelled, notify=False)
+    outcome = refresh(cancelled)
+    answer = service.invoke("token_query", {"auth_app_id": cancelled, "consistent": True})
+    _check(
+        outcome == "revoked"
+        and answer.get("status") == "revoked"
+        and not answer.get("app_auth_token"),
+        f"a silent cancellation must revoke: {outcome} {answer.get('status')}",
+    )
+    _say(
+        f"  silent cancellation, then refresh            → {outcome}: refused, the query said invalid; token_query status={answer['status']}, no token"
+    )
 
 
 def run_demo() -> int:

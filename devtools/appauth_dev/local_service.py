@@ -37,6 +37,11 @@ from appauth_dev.stack import (
 
 REPO = DEFAULT_TEMPLATE.parent
 FUNCTIONS = {"callback": "callback_app", "refresh": "refresh_app", "token_query": "token_query_app"}
+TEMPLATE_FUNCTIONS = {
+    "callback": "CallbackFunction",
+    "refresh": "RefreshFunction",
+    "token_query": "TokenQueryFunction",
+}
 LOCAL_APP_ID = "2021000199990001"
 SSM_PREFIX = "/appauth/local"
 REGION = "us-east-1"
@@ -92,12 +97,25 @@ class LocalService:
 
     def invoke(self, function: str, event: Any) -> Any:
         module = self.modules[function]
-        context = FakeContext(function_name=f"appauth-local-{function}")
+        context = FakeContext(
+            function_name=f"appauth-local-{function}", remaining_ms=self.timeout_ms(function)
+        )
         if not self.quiet:
             return module.lambda_handler(event, context)
-        # Keep the functions' JSON logs and EMF metrics (stdout in Lambda) out of the demo's story.
-        with redirect_stdout(io.StringIO()):
-            return module.lambda_handler(event, context)
+        # Keep the functions' JSON logs and EMF metrics (stdout in Lambda) out of the demo's story
+        # (the log handlers hold the real stdout, so silence them too).
+        logging.disable(logging.CRITICAL)
+        try:
+            with redirect_stdout(io.StringIO()):
+                return module.lambda_handler(event, context)
+        finally:
+            logging.disable(logging.NOTSET)
+
+    def timeout_ms(self, function: str) -> int:
+        """The function's Timeout in template.yaml: what it has left when invoked."""
+        logical_id = TEMPLATE_FUNCTIONS[function]
+        properties = self.stack.template["Resources"][logical_id]["Properties"]
+        return int(properties["Timeout"]) * 1000
 
     def http(
         self, method: str, path: str, query: dict[str, str] | None = None, body: str | None = None
