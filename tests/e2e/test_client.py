@@ -34,7 +34,7 @@ from appauth.alipay.errors import (
     UnexpectedResponseError,
 )
 from appauth.alipay.models import TokenGrant
-from appauth_dev.simulator import RunningSimulator
+from appauth_dev.simulator import RunningSimulator, SimulatorControl
 from appauth_dev.simulator.state import EXPIRES_IN, RE_EXPIRES_IN
 
 ATTEMPTS = 3
@@ -612,3 +612,26 @@ def test_generic_v3_request(simulator: RunningSimulator, app_credentials) -> Non
     assert (error.http_status, error.code, error.signed) == (401, "invalid-app-auth-token", True)
     error = h.raises(AlipayError, client.request, "GET", "/v3/alipay/nowhere")
     assert (error.http_status, error.code, error.signed) == (404, "not-found", True)
+
+
+def test_a_bare_503_before_processing_is_transient_even_for_a_refresh(h: Harness) -> None:
+    """A proxy's 503/429 means nothing was processed: resent, never 'outcome unknown' (a 502
+    after processing is, see the test above)."""
+    client = h.client()
+    grant = h.grant(client)
+    control = SimulatorControl(h.sim.url)
+    control.add_rule(
+        method="alipay.open.auth.token.app", grant_type="refresh_token", fault="http_503", count=1
+    )
+    rotated = h.refresh(client, grant.app_refresh_token)  # resent after the 503, and rotated
+    assert rotated.app_auth_token != grant.app_auth_token
+    assert h.sleeps == [0]
+    control.add_rule(
+        method="alipay.open.auth.token.app", grant_type="refresh_token", fault="http_503", count=9
+    )
+    error = h.raises(TransportError, client.refresh, rotated.app_refresh_token)
+    assert error.transient
+    assert error.status == 503
+    record = control.merchant(grant.auth_app_id)
+    assert record is not None
+    assert record["rotations"] == 1  # none of the 503s was processed
