@@ -40,11 +40,18 @@ def _store_parked(record: SQSRecord) -> None:
 @metrics.log_metrics
 def lambda_handler(event: dict[str, Any], context: LambdaContext) -> dict[str, Any]:
     if isinstance(event, dict) and "Records" in event:
-        return dict(
-            process_partial_response(
-                event=event, record_handler=_store_parked, processor=processor, context=context
-            )
+        response = process_partial_response(
+            event=event, record_handler=_store_parked, processor=processor, context=context
         )
+        failed_records = len(response.get("batchItemFailures", []))
+        answer = dict(response)
+        metrics.add_metric(
+            name="Refresh_parked_drained",
+            unit=MetricUnit.Count,
+            value=len(event["Records"]) - failed_records,
+        )
+        _count_events()
+        return answer
     try:
         request = RefreshRequest.from_event(event)
     except RequestError as error:
@@ -63,12 +70,10 @@ def lambda_handler(event: dict[str, Any], context: LambdaContext) -> dict[str, A
         report = refresher.refresh_now(request.auth_app_ids, concurrency=concurrency)
     else:
         report = refresher.refresh_due(concurrency=concurrency)
-    published, failed = rt.events.take_counts()
     counts = {"parked_drained": drained, **report.as_dict()}
     for name, value in counts.items():
         metrics.add_metric(name=f"Refresh_{name}", unit=MetricUnit.Count, value=value)
-    metrics.add_metric(name="EventsPublished", unit=MetricUnit.Count, value=published)
-    metrics.add_metric(name="EventsPublishFailed", unit=MetricUnit.Count, value=failed)
+    published, failed = _count_events()
     logger.info("Refresh run", extra=counts)
     return {
         **counts,
@@ -76,3 +81,11 @@ def lambda_handler(event: dict[str, Any], context: LambdaContext) -> dict[str, A
         "events_failed": failed,
         "merchants": report.merchants,
     }
+
+
+def _count_events() -> tuple[int, int]:
+    """The lifecycle events this invocation published, and failed to (alarmed)."""
+    published, failed = runtime().events.take_counts()
+    metrics.add_metric(name="EventsPublished", unit=MetricUnit.Count, value=published)
+    metrics.add_metric(name="EventsPublishFailed", unit=MetricUnit.Count, value=failed)
+    return published, failed

@@ -10,12 +10,11 @@ from dataclasses import replace
 import pytest
 import requests
 
-from appauth.alipay.client import AlipayClient, Endpoints, Protocol, RetryPolicy
-from appauth.alipay.credentials import AppCredentials
 from appauth.alipay.errors import AlipayError
 from appauth.alipay.signing import build_request
 from appauth.alipay.signing_v3 import build_v3_request
 from appauth_dev.simulator import RunningSimulator, SimulatorControl
+from tests.e2e.single_shot import make_client
 
 TOKEN_APP = "alipay.open.auth.token.app"
 V3_TOKEN = "/v3/alipay/open/auth/token/app"
@@ -39,19 +38,6 @@ CASES = [
         "invalid-alipay-root-cert-sn",
     ),
 ]
-
-
-def make_client(
-    sim: RunningSimulator, creds: AppCredentials, protocol: Protocol = "v2"
-) -> AlipayClient:
-    return AlipayClient(
-        creds,
-        Endpoints.local(sim.url),
-        protocol=protocol,
-        read_timeout=5.0,
-        retry=RetryPolicy(attempts=1, base_delay=0, max_delay=0),
-        sleep=lambda _seconds: None,
-    )
 
 
 @pytest.mark.parametrize(("wrong", "code", "sub_code", "_v3_code"), CASES)

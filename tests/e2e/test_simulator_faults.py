@@ -13,37 +13,18 @@ from typing import Any, TypeVar
 import pytest
 import requests
 
-from appauth.alipay.client import AlipayClient, Endpoints, Protocol, RetryPolicy
-from appauth.alipay.credentials import AppCredentials
+from appauth.alipay.client import AlipayClient
 from appauth.alipay.errors import AlipayError, SignatureError, TransportError
 from appauth.alipay.models import TokenGrant
 from appauth_dev.simulator import RunningSimulator, SimulatorControl, SimulatorControlError
 from appauth_dev.simulator.faults import RESPONSE_FAULTS
+from tests.e2e.single_shot import make_client
 
 TOKEN_APP = "alipay.open.auth.token.app"
 TOKEN_QUERY = "alipay.open.auth.token.app.query"
 TIMEOUT = 10
 WAIT = 5.0  # how long a test waits for a request to be held (it normally takes milliseconds)
 T = TypeVar("T")
-
-
-def make_client(
-    sim: RunningSimulator, creds: AppCredentials, protocol: Protocol = "v2"
-) -> AlipayClient:
-    # One attempt and no sleeping: every call the test makes reaches the simulator exactly once.
-    return AlipayClient(
-        creds,
-        Endpoints.local(sim.url),
-        protocol=protocol,
-        read_timeout=5.0,
-        retry=RetryPolicy(attempts=1, base_delay=0, max_delay=0),
-        sleep=lambda _seconds: None,
-    )
-
-
-@pytest.fixture
-def ctl(simulator: RunningSimulator) -> SimulatorControl:
-    return SimulatorControl(simulator.url)
 
 
 @pytest.fixture

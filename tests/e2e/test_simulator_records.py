@@ -15,32 +15,15 @@ from typing import Any
 import pytest
 import requests
 
-from appauth.alipay.client import AlipayClient, Endpoints, Protocol, RetryPolicy
-from appauth.alipay.credentials import AppCredentials
+from appauth.alipay.client import AlipayClient
 from appauth.alipay.errors import AlipayError, SignatureError, TransportError
 from appauth.alipay.models import TokenGrant
 from appauth.alipay.signing import parse_form, verify_notification
 from appauth_dev.simulator import RunningSimulator, SimulatorControl, SimulatorControlError
+from tests.e2e.single_shot import make_client
 
 TIMEOUT = 10
 GRACE = 3600  # the fixtures' config grace_seconds (the default)
-
-
-def make_client(sim: RunningSimulator, creds: AppCredentials, protocol: Protocol) -> AlipayClient:
-    # One attempt and no sleeping: every call the test makes reaches the simulator exactly once.
-    return AlipayClient(
-        creds,
-        Endpoints.local(sim.url),
-        protocol=protocol,
-        read_timeout=5.0,
-        retry=RetryPolicy(attempts=1, base_delay=0, max_delay=0),
-        sleep=lambda _seconds: None,
-    )
-
-
-@pytest.fixture
-def ctl(simulator: RunningSimulator) -> SimulatorControl:
-    return SimulatorControl(simulator.url)
 
 
 def authorize(ctl: SimulatorControl, client: AlipayClient, **mint: Any) -> TokenGrant:

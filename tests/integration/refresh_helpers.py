@@ -54,35 +54,82 @@ def client_error(code: str, operation: str) -> ClientError:
 
 
 @dataclass
+class _Planned:
+    error: BaseException
+    when: Callable[[dict[str, Any]], bool]
+
+
+@dataclass
 class FaultyClient:
-    """A boto3 client whose named operations fail as planned, the rest passing through."""
+    """A boto3 client whose named operations fail as planned, the rest passing through. Every
+    call is recorded by name (paginated operations as ``paginate:<operation>``)."""
 
     real: Any
-    plan: dict[str, list[BaseException]] = field(default_factory=dict)
+    plan: dict[str, list[_Planned]] = field(default_factory=dict)
     calls: list[str] = field(default_factory=list)
+    fired: int = 0  # planned failures raised so far
 
-    def fail(self, operation: str, error: BaseException, times: int = 1) -> None:
-        self.plan.setdefault(operation, []).extend([error] * times)
+    def fail(
+        self,
+        operation: str,
+        error: BaseException,
+        times: int = 1,
+        *,
+        when: Callable[[dict[str, Any]], bool] = lambda _kwargs: True,
+    ) -> None:
+        """Fail the next ``times`` calls of ``operation`` whose keyword arguments match ``when``."""
+        self.plan.setdefault(operation, []).extend(_Planned(error, when) for _ in range(times))
 
-    def fail_always(self, operation: str, error: BaseException) -> None:
-        self.fail(operation, error, times=10_000)
+    def fail_always(
+        self,
+        operation: str,
+        error: BaseException,
+        *,
+        when: Callable[[dict[str, Any]], bool] = lambda _kwargs: True,
+    ) -> None:
+        self.fail(operation, error, times=10_000, when=when)
 
     def heal(self) -> None:
         self.plan.clear()
 
+    def get_paginator(self, operation: str) -> Any:
+        paginator = self.real.get_paginator(operation)
+        calls = self.calls
+
+        planned = self.plan.get(f"paginate:{operation}", [])
+        client = self
+
+        class Counted:
+            def paginate(self, **kwargs: Any) -> Any:
+                calls.append(f"paginate:{operation}")
+                if planned:
+                    client.fired += 1
+                    raise planned.pop(0).error
+                return paginator.paginate(**kwargs)
+
+        return Counted()
+
     def __getattr__(self, name: str) -> Any:
         attribute = getattr(self.real, name)
-        if not callable(attribute) or name in ("exceptions", "get_paginator", "meta"):
+        if not callable(attribute) or name in ("exceptions", "meta"):
             return attribute
 
         def call(*args: Any, **kwargs: Any) -> Any:
             self.calls.append(name)
-            pending = self.plan.get(name)
-            if pending:
-                raise pending.pop(0)
+            pending = self.plan.get(name, [])
+            planned = next((p for p in pending if p.when(kwargs)), None)
+            if planned is not None:
+                pending.remove(planned)
+                self.fired += 1
+                raise planned.error
             return attribute(*args, **kwargs)
 
         return call
+
+
+def for_merchant(auth_app_id: str) -> Callable[[dict[str, Any]], bool]:
+    """``when`` for a call about this merchant app (its key, or its id in a message body)."""
+    return lambda kwargs: auth_app_id in repr(kwargs)
 
 
 def inject(service_name: str) -> FaultyClient:

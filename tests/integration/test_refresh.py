@@ -42,7 +42,7 @@ def cold_start(service: ServiceStack) -> ServiceStack:
 
 def run(context: FakeContext | None = None) -> dict[str, Any]:
     result: dict[str, Any] = refresh_app.lambda_handler(
-        EVENT, context or FakeContext(function_name="appauth-refresh", remaining_ms=300_000)
+        EVENT, context or FakeContext(function_name="appauth-refresh", remaining_ms=900_000)
     )
     return result
 

@@ -13,6 +13,7 @@ from pathlib import Path
 
 import pytest
 
+from appauth.policy import DUE_SHARDS
 from appauth.refresh import Outcome, TokenBucket
 from appauth.runtime import runtime
 from appauth.store import STATUS_GRANTED
@@ -124,13 +125,13 @@ def test_500_due_merchants_cost_a_constant_number_of_dynamodb_calls_each(
     assert report.due == len(apps)
     assert report.count(Outcome.ROTATED) == len(apps)
     calls = dynamodb.calls
-    assert "scan" not in calls
-    # Per rotation: one conditional update (the lease, returning the item: no GetItem) and one
-    # transaction (the pair with its audit event). The index is read by paginators.
+    assert not [c for c in calls if "scan" in c.lower()]
+    # The index: one paginated Query per shard. Per rotation: one conditional update (the lease,
+    # returning the item: no GetItem) and one transaction (the pair with its audit event).
+    assert calls.count("paginate:query") == DUE_SHARDS
     assert calls.count("update_item") == len(apps)
     assert calls.count("transact_write_items") == len(apps)
-    assert calls.count("get_item") == 0
-    assert set(calls) == {"update_item", "transact_write_items"}
+    assert set(calls) == {"paginate:query", "update_item", "transact_write_items"}
     for app in apps[:: len(apps) // 10]:
         assert control.merchant(app)["rotations"] == 1  # type: ignore[index]
 

@@ -166,7 +166,7 @@ def test_both_queues_are_encrypted_with_the_local_queue_key(local_stack: LocalSt
     redrive = sqs.get_queue_attributes(
         QueueUrl=stack.parked_queue_url, AttributeNames=["RedrivePolicy"]
     )["Attributes"]["RedrivePolicy"]
-    assert json.loads(redrive) == {"deadLetterTargetArn": dead_letter_arn, "maxReceiveCount": 5}
+    assert json.loads(redrive) == {"deadLetterTargetArn": dead_letter_arn, "maxReceiveCount": 100}
 
 
 # ---------------------------------------------------------------- IAM (read from the template:

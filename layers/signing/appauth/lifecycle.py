@@ -70,7 +70,9 @@ _ALLOWED_FROM: dict[Transition, frozenset[Status | None]] = {
     # A parked pair may land after the item was marked dead: it is newer, so it revives it
     # (the store's fences refuse it when it is older than the stored pair or the cancellation).
     Transition.RECOVERED: _ANY,
-    Transition.REFRESHED: frozenset({Status.GRANTED}),
+    # Never onto needs_reauth or revoked: a refresh result arriving after the item was found
+    # dead or cancelled is a late answer, applied (if at all) as a recovery, through the fences.
+    Transition.REFRESHED: frozenset({None, Status.GRANTED}),
     Transition.REFRESH_FAILED: frozenset({Status.GRANTED}),
     Transition.NEEDS_REAUTH: frozenset({Status.GRANTED}),
     Transition.REVOKED: _ANY,

@@ -210,9 +210,14 @@ def drain_parked(
     """Store parked pairs; returns how many messages were settled (stored or obsolete)."""
     settled = unsettled = 0
     while settled + unsettled < max_messages:
-        response = sqs.receive_message(
-            QueueUrl=queue_url, MaxNumberOfMessages=10, WaitTimeSeconds=0
-        )
+        try:
+            response = sqs.receive_message(
+                QueueUrl=queue_url, MaxNumberOfMessages=10, WaitTimeSeconds=0
+            )
+        except (BotoCoreError, ClientError) as error:
+            # The queue is unreachable: the run goes on (its event source drains it later).
+            logger.error("Parking queue unreachable", extra={"error": type(error).__name__})
+            break
         messages = response.get("Messages", [])
         if not messages:
             break
@@ -228,8 +233,15 @@ def drain_parked(
                     extra={"message_id": message.get("MessageId"), "error": type(error).__name__},
                 )
                 continue
-            sqs.delete_message(QueueUrl=queue_url, ReceiptHandle=message["ReceiptHandle"])
             settled += 1
+            try:
+                sqs.delete_message(QueueUrl=queue_url, ReceiptHandle=message["ReceiptHandle"])
+            except (BotoCoreError, ClientError) as error:
+                # Stored already: when the message comes back its pair is an older one, ignored.
+                logger.warning(
+                    "Parked message stored but not deleted",
+                    extra={"message_id": message.get("MessageId"), "error": type(error).__name__},
+                )
     return settled
 
 

@@ -63,6 +63,7 @@ logger = logging.getLogger(__name__)
 LEASE_MARGIN_SECONDS = 60.0
 STORE_ATTEMPTS = 3
 STORE_BACKOFF_SECONDS = 0.5
+REFUSED_WRITE_CALLS = 4
 
 
 class Outcome(StrEnum):
@@ -73,6 +74,9 @@ class Outcome(StrEnum):
     SKIPPED_LEASED = "skipped_leased"
     DEFERRED_TRANSIENT = "deferred_transient"
     DEFERRED_UNCONFIRMED = "deferred_unconfirmed"  # refused, but the query could not confirm
+    # Alipay refused the call for a reason that is not the merchant's pair (signature,
+    # certificate SN, permission): our setup is wrong. Never a status change; alarmed.
+    DEFERRED_ALIPAY_ERROR = "deferred_alipay_error"
     REFUSED_PAIR_VALID = "refused_pair_valid"  # refresh refused, the query says the pair works
     OUTCOME_UNKNOWN = "outcome_unknown"  # marked for reconciliation
     NEEDS_REAUTH = "needs_reauth"
@@ -83,6 +87,7 @@ class Outcome(StrEnum):
     LOST = "lost"
     UNREADABLE = "unreadable"
     STOPPED_EARLY = "stopped_early"
+    STOPPED_ON_ERROR = "stopped_on_error"  # the due index could not be read: the rest waits
     NOT_FOUND = "not_found"
     NOT_GRANTED = "not_granted"
 
@@ -155,7 +160,9 @@ class Budget:
     @property
     def store(self) -> float:
         seal = self.aws_call
-        table = self.store_attempts * (2 * self.aws_call) + self._pauses  # write + re-read
+        # Every attempt is one transaction; a refused one is not retried but re-read, audited and
+        # offered to the fenced fallback (its read and its transaction): four calls more.
+        table = (self.store_attempts + REFUSED_WRITE_CALLS) * self.aws_call + self._pauses
         park = 2 * self.aws_call  # seal again if needed + send
         return seal + table + park
 
@@ -258,18 +265,34 @@ class Refresher:
     ) -> None:
         with ThreadPoolExecutor(max_workers=max(1, concurrency)) as pool:
             in_flight: set[Future[None]] = set()
-            for auth_app_id, version in candidates:
-                if self.time_left() < self.budget.reserve:
-                    # Not enough time to store an answer: this one and the rest stay due.
-                    report.add(auth_app_id, Outcome.STOPPED_EARLY)
-                    break
-                if len(in_flight) >= 2 * concurrency:
-                    done, in_flight = wait(in_flight, return_when=FIRST_COMPLETED)
-                    for future in done:
-                        future.result()
-                in_flight.add(pool.submit(self._one_safely, auth_app_id, version, report))
+            try:
+                self._dispatch(candidates, report, concurrency, pool, in_flight)
+            except (BotoCoreError, ClientError) as error:
+                # The due index could not be read: finish what was taken, report, stop.
+                logger.error("Reading the due index failed", extra={"error": type(error).__name__})
+                report.add("-", Outcome.STOPPED_ON_ERROR)
             for future in in_flight:
                 future.result()
+
+    def _dispatch(
+        self,
+        candidates: Iterable[tuple[str, int | None]],
+        report: RefreshReport,
+        concurrency: int,
+        pool: ThreadPoolExecutor,
+        in_flight: set[Future[None]],
+    ) -> None:
+        for auth_app_id, version in candidates:
+            if self.time_left() < self.budget.reserve:
+                # Not enough time to store an answer: this one and the rest stay due.
+                report.add(auth_app_id, Outcome.STOPPED_EARLY)
+                return
+            if len(in_flight) >= 2 * concurrency:
+                done, _ = wait(in_flight, return_when=FIRST_COMPLETED)
+                for future in done:
+                    in_flight.discard(future)
+                    future.result()
+            in_flight.add(pool.submit(self._one_safely, auth_app_id, version, report))
 
     def _one_safely(self, auth_app_id: str, version: int | None, report: RefreshReport) -> None:
         try:
@@ -322,8 +345,22 @@ class Refresher:
             logger.error("Stored pair does not decrypt", extra={"auth_app_id": lease.auth_app_id})
             self._release(lease, "unreadable_pair", UNREADABLE_RETRY)
             return Outcome.UNREADABLE
+        except (BotoCoreError, ClientError) as error:
+            # KMS is unreachable: nothing was sent to Alipay, so this is plainly transient.
+            return self._defer_transient(lease, f"kms_{type(error).__name__}")
         if self.limiter is not None:
             self.limiter.acquire()
+        if self.time_left() < self.budget.reserve:
+            # The decrypt or the rate limit took the time an answer needs: do not send.
+            self._release(
+                lease,
+                "stopped_early",
+                TRANSIENT_BACKOFF,
+                reconcile=lease.stored.reconcile_reason,
+                immediate=True,
+                count_failure=False,
+            )
+            return Outcome.STOPPED_EARLY
         try:
             response = self.client.refresh(refresh_token)
         except (OutcomeUnknownError, SignatureError, UnexpectedResponseError) as error:
@@ -335,7 +372,9 @@ class Refresher:
         except AlipayError as error:
             if error.transient:
                 return self._defer_transient(lease, _reason(error))
-            return self._confirm(lease, app_auth_token, _reason(error))
+            if error.refresh_token_refused:
+                return self._confirm(lease, app_auth_token, _reason(error))
+            return self._defer_alipay_error(lease, error)
         if response.incomplete:
             logger.error(
                 "Refresh answer had incomplete entries",
@@ -387,22 +426,27 @@ class Refresher:
         if self.time_left() < self.budget.confirm:
             self._release(lease, refused, TRANSIENT_BACKOFF, reconcile=refused, immediate=True)
             return Outcome.DEFERRED_UNCONFIRMED
+        queried_at = self.clock()
         try:
             info = self.client.query_authorization(app_auth_token)
         except AlipayError as error:
-            if error.signed and error.permanent:
+            if error.signed and error.app_auth_token_dead:
                 # Signed: Alipay no longer knows this token (superseded beyond its grace, or
                 # deleted). Only the merchant can mend it.
                 return self._end(
-                    lease, Transition.NEEDS_REAUTH, f"{refused};query:{_reason(error)}"
+                    lease, Transition.NEEDS_REAUTH, f"{refused};query:{_reason(error)}", queried_at
                 )
+            if error.permanent and not error.app_auth_token_dead:
+                return self._defer_alipay_error(lease, error)
             return self._unconfirmed(lease, refused)
         except (TransportError, SignatureError, UnexpectedResponseError):
             return self._unconfirmed(lease, refused)
         if info.auth_app_id != lease.auth_app_id:
             return self._unconfirmed(lease, refused)
         if not info.valid:
-            return self._end(lease, Transition.REVOKED, f"{refused};query:{info.status}")
+            return self._end(
+                lease, Transition.REVOKED, f"{refused};query:{info.status}", queried_at
+            )
         # The pair works, but its refresh token was refused (e.g. Alipay rotated and the answer
         # was lost while it refuses superseded tokens). Keep serving it; retry soon; alarmed.
         logger.error(
@@ -412,12 +456,25 @@ class Refresher:
         self._release(lease, f"{refused};query:valid", REFUSED_BACKOFF, reconcile=refused)
         return Outcome.REFUSED_PAIR_VALID
 
+    def _defer_alipay_error(self, lease: Lease, error: AlipayError) -> Outcome:
+        reason = _reason(error)
+        logger.error(
+            "Alipay refused a call for a reason that is not the pair: check the app's keys",
+            extra={"auth_app_id": lease.auth_app_id, "reason": reason},
+        )
+        self._release(lease, reason, TRANSIENT_BACKOFF, reconcile=lease.stored.reconcile_reason)
+        return Outcome.DEFERRED_ALIPAY_ERROR
+
     def _unconfirmed(self, lease: Lease, refused: str) -> Outcome:
         self._release(lease, f"{refused};unconfirmed", TRANSIENT_BACKOFF, reconcile=refused)
         return Outcome.DEFERRED_UNCONFIRMED
 
-    def _end(self, lease: Lease, transition: Transition, reason: str) -> Outcome:
-        if not self.store.end_authorization(lease, transition, reason=reason):
+    def _end(
+        self, lease: Lease, transition: Transition, reason: str, confirmed_at: datetime
+    ) -> Outcome:
+        if not self.store.end_authorization(
+            lease, transition, reason=reason, confirmed_at=confirmed_at
+        ):
             return Outcome.SUPERSEDED  # a re-authorization or a cancellation got there first
         return Outcome.NEEDS_REAUTH if transition is Transition.NEEDS_REAUTH else Outcome.REVOKED
 
@@ -430,8 +487,9 @@ class Refresher:
         reconcile: str | None = None,
         transition: Transition | None = None,
         immediate: bool = False,
+        count_failure: bool = True,
     ) -> None:
-        failures = lease.stored.refresh_failures + 1
+        failures = lease.stored.refresh_failures + (1 if count_failure else 0)
         now = self.clock()
         until = now if immediate else now + backoff.delay(failures, self.rng)
         self.store.release_lease(
@@ -472,9 +530,14 @@ class Refresher:
             # The item moved on (a grant or a cancellation). Ours still lands if it was issued
             # after both (the issue-time fences decide); otherwise the newer one won.
             try:
-                if self.store.save_sealed(grant, sealed, source="refresh").stored:
+                # "+late": a recovery, allowed onto needs_reauth (our pair is newer than the one
+                # found dead); a cancellation's revoked_ms still fences it out.
+                if self.store.save_sealed(grant, sealed, source="refresh+late").stored:
                     return Outcome.RECOVERED if recovered else Outcome.ROTATED
-            except (BotoCoreError, ClientError):
+            except Exception:  # whatever failed, the pair still goes somewhere durable
+                logger.exception(
+                    "Storing a late refreshed pair failed", extra={"auth_app_id": lease.auth_app_id}
+                )
                 return self._keep(grant, sealed, "store_unavailable")
             logger.warning(
                 "Refreshed pair not stored: a newer grant or a cancellation won",

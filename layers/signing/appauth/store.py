@@ -228,6 +228,11 @@ class TokenStore:
                 self.record_event(grant.auth_app_id, "older_pair_ignored", {"source": source}, now)
                 return SaveResult(grant.auth_app_id, stored=False)
             version = int(current["version"]["N"]) if current and "version" in current else 0
+            status = Status(current["status"]["S"]) if current and "status" in current else None
+            if not transition.allowed_from(status):
+                # e.g. a refresh result landing on an item that is no longer granted.
+                self.record_event(grant.auth_app_id, "transition_refused", {"source": source}, now)
+                return SaveResult(grant.auth_app_id, stored=False)
             update = self._pair_update(
                 grant, sealed, now, version=version, source=source, ordered_at=ordered_at
             )
@@ -567,14 +572,23 @@ class TokenStore:
             )
         return released
 
-    def end_authorization(self, lease: Lease, transition: Transition, *, reason: str) -> bool:
-        """``needs_reauth`` or ``revoked`` after Alipay confirmed it, fenced by the lease. The item
-        leaves the due index; the pair stays sealed (for the audit, never handed out)."""
+    def end_authorization(
+        self, lease: Lease, transition: Transition, *, reason: str, confirmed_at: datetime
+    ) -> bool:
+        """``needs_reauth`` or ``revoked`` after Alipay confirmed it (``confirmed_at``: when the
+        confirming query was sent), fenced by the lease. The item leaves the due index; the pair
+        stays sealed (for the audit, never handed out). A revocation also fences out every pair
+        issued before ``confirmed_at``, as a cancellation notification does: a late answer must
+        not bring a cancelled merchant back."""
         if transition not in (Transition.NEEDS_REAUTH, Transition.REVOKED):
             raise ValueError(f"{transition.value} does not end an authorization")
         now = self._clock()
         status = transition.status.value
-        extra = ", revoked_at = :now" if transition is Transition.REVOKED else ""
+        extra = (
+            ", revoked_at = :now, revoked_ms = :confirmed"
+            if transition is Transition.REVOKED
+            else ""
+        )
         update: UpdateTypeDef = {
             "TableName": self._table,
             "Key": _key(lease.auth_app_id),
@@ -592,6 +606,8 @@ class TokenStore:
                 ":owner": {"S": lease.owner},
             },
         }
+        if transition is Transition.REVOKED:
+            _values(update)[":confirmed"] = {"N": epoch_ms(confirmed_at)}
         name = "authorization_revoked" if transition is Transition.REVOKED else "needs_reauth"
         event = self._event_item(lease.auth_app_id, name, {"reason": reason}, now)
         if not self._update_with_event(update, event):

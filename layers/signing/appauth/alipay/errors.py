@@ -4,6 +4,8 @@ from __future__ import annotations
 
 # Alipay v2 codes that mean "try again later": the request may succeed unchanged.
 TRANSIENT_CODES = frozenset({"20000"})
+# v3 error codes for a dead app_auth_token.
+V3_DEAD_TOKEN_CODES = frozenset({"invalid-app-auth-token", "app-auth-token-expired"})
 # sub_codes that are transient whatever their code (rate limits, gateway hiccups).
 TRANSIENT_SUB_CODE_MARKERS = ("call-limited", "unknow-error", "system-error", "service-busy")
 
@@ -93,6 +95,28 @@ class AlipayError(AppAuthError):
     @property
     def permanent(self) -> bool:
         return not self.transient
+
+    @property
+    def app_auth_token_dead(self) -> bool:
+        """Alipay says the ``app_auth_token`` itself is unknown or expired (v2 ``20001
+        aop.invalid-app-auth-token`` / ``aop.app-auth-token-time-out``, v3
+        ``invalid-app-auth-token`` / ``app-auth-token-expired``). No official table exists for
+        the token APIs: these are the codes the gateway and the v3 API use for a dead token."""
+        sub = (self.sub_code or "").lower()
+        if self.code == "20001":
+            return "app-auth-token" in sub
+        return self.code in V3_DEAD_TOKEN_CODES
+
+    @property
+    def refresh_token_refused(self) -> bool:
+        """Alipay refused the refresh token (v2 ``40002 isv.refresh-token-invalid``, v3
+        ``invalid-refresh-token``) or the token it belongs to. Anything else permanent (a bad
+        signature, a certificate SN, a permission) is about our own setup, not the merchant's
+        pair, and must never be taken for a dead grant."""
+        sub = (self.sub_code or "").lower()
+        if self.code == "40002":
+            return "refresh-token" in sub
+        return self.app_auth_token_dead or "refresh-token" in self.code
 
 
 class UnexpectedResponseError(AppAuthError):
