@@ -56,7 +56,7 @@ from appauth.envelope import SealedTokens, TokenDecryptionError
 from appauth.errors import InvalidRequestError
 from appauth.lifecycle import Transition
 from appauth.parking import GrantSink, Kept
-from appauth.store import Lease, RefreshWrite, StoredAuthorization, TokenStore
+from appauth.store import STATUS_GRANTED, Lease, RefreshWrite, StoredAuthorization, TokenStore
 
 logger = logging.getLogger(__name__)
 
@@ -311,7 +311,7 @@ class Refresher:
             if stored is None:
                 report.add(auth_app_id, Outcome.NOT_FOUND)
                 return
-            if stored.status != "granted":
+            if stored.status != STATUS_GRANTED:
                 report.add(auth_app_id, Outcome.NOT_GRANTED)
                 return
             version = stored.version
