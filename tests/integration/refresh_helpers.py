@@ -8,8 +8,10 @@ the calls that are not failed go to moto unchanged.
 from __future__ import annotations
 
 import logging
+import threading
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
+from contextlib import contextmanager
 from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -191,6 +193,51 @@ def run_until_quiet(clock: Clock, *, max_runs: int = 24) -> list[RefreshReport]:
         if report.due == 0:
             return reports
     raise AssertionError(f"still busy after {max_runs} runs: {reports[-1].as_dict()}")
+
+
+@dataclass
+class HeldRefresh:
+    """A refresh run in a thread whose refresh call Alipay (the simulator) holds."""
+
+    hold: dict[str, Any]
+    reports: list[RefreshReport]
+
+    @property
+    def report(self) -> RefreshReport:
+        (report,) = self.reports
+        return report
+
+
+@contextmanager
+def refresh_held_at_alipay(
+    control: SimulatorControl,
+    clock: Clock,
+    *,
+    owner: str = "held-run",
+    after_processing: bool = True,
+    auth_app_id: str | None = None,
+) -> Iterator[HeldRefresh]:
+    """Run a refresh whose call Alipay holds, before or after processing it, while the body
+    does what must happen meanwhile; on exit the call is released and the run finishes."""
+    target = {"auth_app_id": auth_app_id} if auth_app_id else {}
+    control.add_rule(
+        method="alipay.open.auth.token.app",
+        grant_type="refresh_token",
+        fault="hold",
+        after_processing=after_processing,
+        count=1,
+        **target,
+    )
+    reports: list[RefreshReport] = []
+    worker = threading.Thread(target=lambda: reports.append(run_once(clock, owner=owner)))
+    worker.start()
+    held = HeldRefresh(control.wait_for_hold(timeout=10), reports)
+    try:
+        yield held
+    finally:
+        control.release(held.hold["id"])
+        worker.join(timeout=30)
+    assert reports, "the held run did not finish"
 
 
 def stored_pair(auth_app_id: str) -> tuple[str, str] | None:

@@ -11,10 +11,8 @@ faulted one.
 from __future__ import annotations
 
 import json
-import threading
 from collections.abc import Callable
 from datetime import timedelta
-from typing import Any
 
 import pytest
 
@@ -32,6 +30,7 @@ from tests.integration.refresh_helpers import (
     for_merchant,
     grant_merchants,
     inject,
+    refresh_held_at_alipay,
     refresher,
     run_once,
     run_until_quiet,
@@ -120,18 +119,9 @@ def _first_run(
         assert import_rescued(line, runtime().store).stored
     elif case == "lease_lost_mid_call":
         # Run A's refresh is processed and its answer held; A's lease lapses; run B takes over.
-        control.add_rule(
-            method=TOKEN, grant_type="refresh_token", auth_app_id=app, fault="hold", count=1
-        )
-        done: list[Any] = []
-        slow = threading.Thread(target=lambda: done.append(run_once(clock, owner="slow-run")))
-        slow.start()
-        hold = control.wait_for_hold(timeout=10)
-        clock.advance(timedelta(seconds=refresher(clock).lease_seconds + 1))
-        run_once(clock, owner="taker")
-        control.release(hold["id"])
-        slow.join(timeout=30)
-        assert done
+        with refresh_held_at_alipay(control, clock, owner="slow-run", auth_app_id=app):
+            clock.advance(timedelta(seconds=refresher(clock).lease_seconds + 1))
+            run_once(clock, owner="taker")
     else:  # pragma: no cover
         raise AssertionError(case)
     return fired

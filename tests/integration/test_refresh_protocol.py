@@ -35,6 +35,7 @@ from tests.integration.refresh_helpers import (
     client_error,
     grant_merchants,
     inject,
+    refresh_held_at_alipay,
     refresher,
     run_once,
     run_until_quiet,
@@ -303,23 +304,16 @@ def test_a_reauthorization_racing_a_refresh_ends_with_the_pair_alipay_holds(
     app = grant.auth_app_id
     clock.advance(DUE_AFTER)
     # Hold the refresh at Alipay: after processing (Alipay rotated, the answer waits) or before.
-    control.add_rule(
-        method=TOKEN,
-        grant_type="refresh_token",
-        fault="hold",
-        after_processing=first == "refresh_processed_first",
-    )
-    results: list[Any] = []
-    worker = threading.Thread(target=lambda: results.append(run_once(clock)))
-    worker.start()
-    hold = control.wait_for_hold(timeout=10)
-    # The merchant authorizes again meanwhile; the callback stores it with a new merchant_ref.
-    code = control.codes(auth_app_id=app)["app_auth_code"]
-    (reauth,) = alipay(clock).exchange_code(code).grants
-    assert runtime().store.save_grant(reauth, source="authorization", merchant_ref="shop-2").stored
-    control.release(hold["id"])
-    worker.join(timeout=30)
-    assert results
+    with refresh_held_at_alipay(
+        control, clock, after_processing=first == "refresh_processed_first"
+    ):
+        # The merchant authorizes again meanwhile; the callback stores it with a new merchant_ref.
+        code = control.codes(auth_app_id=app)["app_auth_code"]
+        (reauth,) = alipay(clock).exchange_code(code).grants
+        stored_reauth = runtime().store.save_grant(
+            reauth, source="authorization", merchant_ref="shop-2"
+        )
+        assert stored_reauth.stored
 
     stored = runtime().store.get(app)
     assert stored is not None
@@ -365,16 +359,12 @@ def test_a_cancellation_during_the_refresh_is_not_counted_as_refreshed(
     (grant,) = grant_merchants(control, 1)
     app = grant.auth_app_id
     clock.advance(DUE_AFTER)
-    control.add_rule(method=TOKEN, grant_type="refresh_token", fault="hold", after_processing=True)
-    results: list[Any] = []
-    worker = threading.Thread(target=lambda: results.append(run_once(clock)))
-    worker.start()
-    hold = control.wait_for_hold(timeout=10)
-    control.revoke(app, notify=False)
-    assert runtime().store.mark_revoked(app, cancelled_at=clock.now(), reason="merchant_cancelled")
-    control.release(hold["id"])
-    worker.join(timeout=30)
-    (report,) = results
+    with refresh_held_at_alipay(control, clock) as held:
+        control.revoke(app, notify=False)
+        assert runtime().store.mark_revoked(
+            app, cancelled_at=clock.now(), reason="merchant_cancelled"
+        )
+    report = held.report
     assert report.count(Outcome.ROTATED) == 0
     assert report.count(Outcome.SUPERSEDED) == 1
     assert assert_never_granted_with_a_dead_pair(control, app) == STATUS_REVOKED
@@ -440,19 +430,13 @@ def test_a_late_answer_never_brings_a_silently_cancelled_merchant_back(
     (grant,) = grant_merchants(control, 1)
     app = grant.auth_app_id
     clock.advance(DUE_AFTER)
-    control.add_rule(method=TOKEN, grant_type="refresh_token", fault="hold", after_processing=True)
-    results: list[Any] = []
-    slow = threading.Thread(target=lambda: results.append(run_once(clock, owner="slow")))
-    slow.start()
-    hold = control.wait_for_hold(timeout=10)
-    control.revoke(app, notify=False)  # the merchant cancels; no notification
-    clock.advance(timedelta(seconds=refresher(clock).lease_seconds + 1))
-    taker = run_once(clock, owner="taker")  # resend refused, the query says invalid
-    assert taker.count(Outcome.REVOKED) == 1
-    control.release(hold["id"])  # the slow run's answer finally arrives
-    slow.join(timeout=30)
-    (late,) = results
-    assert late.count(Outcome.SUPERSEDED) == 1
+    with refresh_held_at_alipay(control, clock, owner="slow") as slow:
+        control.revoke(app, notify=False)  # the merchant cancels; no notification
+        clock.advance(timedelta(seconds=refresher(clock).lease_seconds + 1))
+        taker = run_once(clock, owner="taker")  # resend refused, the query says invalid
+        assert taker.count(Outcome.REVOKED) == 1
+    # The slow run's answer arrived after all: it is not stored.
+    assert slow.report.count(Outcome.SUPERSEDED) == 1
     assert assert_never_granted_with_a_dead_pair(control, app) == STATUS_REVOKED
     stored = runtime().store.get(app)
     assert stored is not None
