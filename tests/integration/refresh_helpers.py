@@ -7,7 +7,6 @@ the calls that are not failed go to moto unchanged.
 
 from __future__ import annotations
 
-import logging
 import threading
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
@@ -19,7 +18,7 @@ from typing import Any
 from botocore.exceptions import ClientError
 
 from appauth import aws
-from appauth.alipay.client import AlipayClient
+from appauth.alipay.client import TOKEN_METHOD, AlipayClient
 from appauth.alipay.models import TokenGrant
 from appauth.parking import drain_parked
 from appauth.refresh import Refresher, RefreshReport
@@ -221,7 +220,7 @@ def refresh_held_at_alipay(
     does what must happen meanwhile; on exit the call is released and the run finishes."""
     target = {"auth_app_id": auth_app_id} if auth_app_id else {}
     control.add_rule(
-        method="alipay.open.auth.token.app",
+        method=TOKEN_METHOD,
         grant_type="refresh_token",
         fault="hold",
         after_processing=after_processing,
@@ -271,14 +270,3 @@ def assert_never_granted_with_a_dead_pair(control: SimulatorControl, auth_app_id
         names = {e.event for e in runtime().store.events(auth_app_id)}
         assert names & {"needs_reauth", "authorization_revoked"}
     return stored.status
-
-
-def log_records(caplog: Any, level: int = logging.DEBUG) -> Iterator[logging.LogRecord]:
-    return (r for r in caplog.records if r.levelno >= level)
-
-
-def noop(*_args: Any, **_kwargs: Any) -> None:
-    return None
-
-
-Sleep = Callable[[float], None]

@@ -16,10 +16,12 @@ from datetime import timedelta
 
 import pytest
 
+from appauth.alipay.client import TOKEN_METHOD
 from appauth.parking import RESCUE_FIELD, import_rescued
 from appauth.runtime import runtime
 from appauth.store import STATUS_GRANTED
 from appauth_dev.simulator import SimulatorControl
+from appauth_dev.simulator.state import SUPERSEDED_REFRESH_MODES
 from tests.integration.conftest import ServiceStack
 from tests.integration.refresh_helpers import (
     DUE_AFTER,
@@ -38,15 +40,13 @@ from tests.integration.refresh_helpers import (
 
 pytestmark = pytest.mark.usefixtures("atomic_moto")  # DynamoDB is atomic; moto is not
 
-TOKEN = "alipay.open.auth.token.app"
-RULES = ("refuse", "same_pair", "new_pair")
 GRACE = 2 * 3600  # longer than the schedule (hourly): a lost answer can be replayed
 
 
 def _alipay_fault(fault: str, *, after: bool) -> Callable[[SimulatorControl, str], None]:
     def plant(control: SimulatorControl, app: str) -> None:
         control.add_rule(
-            method=TOKEN,
+            method=TOKEN_METHOD,
             grant_type="refresh_token",
             auth_app_id=app,
             fault=fault,
@@ -139,7 +139,7 @@ FAULT_POINTS = (
 )
 
 
-@pytest.mark.parametrize("rule", RULES)
+@pytest.mark.parametrize("rule", SUPERSEDED_REFRESH_MODES)
 @pytest.mark.parametrize("case", FAULT_POINTS)
 def test_every_fault_point_under_every_superseded_token_rule(
     service: ServiceStack, caplog: pytest.LogCaptureFixture, case: str, rule: str

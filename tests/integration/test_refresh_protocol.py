@@ -16,7 +16,7 @@ from typing import Any
 import pytest
 
 from appauth import aws
-from appauth.alipay.client import AlipayClient
+from appauth.alipay.client import QUERY_METHOD, TOKEN_METHOD, AlipayClient
 from appauth.lifecycle import Transition
 from appauth.parking import RESCUE_FIELD, import_rescued
 from appauth.policy import DUE_SHARDS
@@ -25,6 +25,7 @@ from appauth.runtime import runtime
 from appauth.store import STATUS_GRANTED, STATUS_NEEDS_REAUTH, STATUS_REVOKED
 from appauth_dev.keygen import generate_private_key
 from appauth_dev.simulator import SimulatorControl
+from appauth_dev.simulator.state import SUPERSEDED_REFRESH_MODES
 from tests.integration.conftest import EventCapture, ServiceStack
 from tests.integration.refresh_helpers import (
     DUE_AFTER,
@@ -44,9 +45,6 @@ from tests.integration.refresh_helpers import (
 
 pytestmark = pytest.mark.usefixtures("atomic_moto")  # DynamoDB is atomic; moto is not
 
-TOKEN = "alipay.open.auth.token.app"
-QUERY = "alipay.open.auth.token.app.query"
-RULES = ("refuse", "same_pair", "new_pair")
 GRACE = 3600
 
 
@@ -64,7 +62,7 @@ def clock(control: SimulatorControl) -> Clock:
 
 def lose_next_refresh(control: SimulatorControl, fault: str) -> None:
     control.add_rule(
-        method=TOKEN,
+        method=TOKEN_METHOD,
         grant_type="refresh_token",
         fault=fault,
         after_processing=True,
@@ -76,7 +74,7 @@ def lose_next_refresh(control: SimulatorControl, fault: str) -> None:
 # --- case 1: the answer is lost or unusable, or the run dies after Alipay answered -----------
 
 
-@pytest.mark.parametrize("rule", RULES)
+@pytest.mark.parametrize("rule", SUPERSEDED_REFRESH_MODES)
 @pytest.mark.parametrize("fault", ["timeout", "tamper", "drop_sign", "html_502"])
 def test_a_lost_or_unusable_answer_is_reconciled_not_retried_forever(
     control: SimulatorControl,
@@ -123,7 +121,7 @@ def test_a_lost_or_unusable_answer_is_reconciled_not_retried_forever(
     assert len(outcomes) <= 2 or rule == "refuse"  # one resend; refuse retries later, alarmed
 
 
-@pytest.mark.parametrize("rule", RULES)
+@pytest.mark.parametrize("rule", SUPERSEDED_REFRESH_MODES)
 def test_a_run_that_died_after_alipay_answered_is_reconciled_by_the_next(
     control: SimulatorControl, clock: Clock, rule: str
 ):
@@ -230,7 +228,7 @@ def test_a_silent_cancellation_is_found_by_the_query_and_revokes(
     assert stored.status == STATUS_REVOKED
     assert stored.next_refresh_at is None  # out of the due index
     assert assert_never_granted_with_a_dead_pair(control, grant.auth_app_id) == STATUS_REVOKED
-    assert control.stats()["requests"][QUERY]["success"] == 1
+    assert control.stats()["requests"][QUERY_METHOD]["success"] == 1
     (event,) = [e for e in lifecycle_events.read() if e["detail-type"].endswith(".revoked")]
     assert event["source"] == "appauth"
     assert event["detail"]["auth_app_id"] == grant.auth_app_id
@@ -247,7 +245,7 @@ def test_an_unsigned_or_unreachable_query_never_changes_the_status(
     (grant,) = grant_merchants(control, 1)
     control.revoke(grant.auth_app_id, notify=False)
     clock.advance(DUE_AFTER)
-    control.add_rule(method=QUERY, fault="error", count=10)  # unsigned 20000, retried, fails
+    control.add_rule(method=QUERY_METHOD, fault="error", count=10)  # unsigned 20000, retried, fails
 
     report = run_once(clock)
 
@@ -268,7 +266,7 @@ def test_transient_failures_back_off_exponentially_and_publish_the_attempt(
 ):
     (grant,) = grant_merchants(control, 1)
     clock.advance(DUE_AFTER)
-    control.add_rule(method=TOKEN, grant_type="refresh_token", fault="error", count=4)
+    control.add_rule(method=TOKEN_METHOD, grant_type="refresh_token", fault="error", count=4)
     delays: list[timedelta] = []
     for attempt in range(1, 5):
         started = clock.now()
@@ -334,7 +332,7 @@ def test_a_reauthorization_stored_after_a_refresh_it_overlapped_still_wins(
     clock.advance(DUE_AFTER)
     code = control.codes(auth_app_id=app)["app_auth_code"]
     control.add_rule(
-        method=TOKEN, grant_type="authorization_code", fault="hold", after_processing=False
+        method=TOKEN_METHOD, grant_type="authorization_code", fault="hold", after_processing=False
     )
     exchanged: list[Any] = []
     worker = threading.Thread(
@@ -397,7 +395,7 @@ def test_a_worker_never_sends_a_refresh_it_could_not_store(control: SimulatorCon
     short = refresher(clock, time_left=budget.reserve - 1)
     report = short.refresh_due(concurrency=2)
     assert report.count(Outcome.STOPPED_EARLY) == 1
-    assert control.stats()["requests"][TOKEN] == {"success": 1}  # the exchange, no refresh
+    assert control.stats()["requests"][TOKEN_METHOD] == {"success": 1}  # the exchange, no refresh
 
 
 # --- what a review found: setup errors, late answers, unreadable AWS, the worker's own check ---
@@ -421,7 +419,7 @@ def test_a_signed_error_about_our_own_keys_never_changes_a_status(
     assert stored.status == STATUS_GRANTED
     assert stored.lease_owner is None
     assert assert_never_granted_with_a_dead_pair(control, grant.auth_app_id) == STATUS_GRANTED
-    assert QUERY not in control.stats()["requests"]  # nothing to confirm about the pair
+    assert QUERY_METHOD not in control.stats()["requests"]  # nothing to confirm about the pair
 
 
 def test_a_late_answer_never_brings_a_silently_cancelled_merchant_back(
@@ -519,7 +517,7 @@ def test_the_store_reserve_covers_the_aws_calls_the_durable_path_really_makes(
         clients["sqs"].fail_always("send_message", client_error("ServiceUnavailable", "Send"))
     else:
         # A re-authorization lands while the refresh is at Alipay: the fenced write is refused.
-        control.add_rule(method=TOKEN, grant_type="refresh_token", fault="hold")
+        control.add_rule(method=TOKEN_METHOD, grant_type="refresh_token", fault="hold")
     leasing = refresher(clock)
     counted: list[int] = []
 
