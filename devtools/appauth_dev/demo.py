@@ -164,13 +164,13 @@ def _service_walkthrough() -> None:
             f"  GET  /alipay/callback (forged state)         → {status} {refused['error']['reason']}"
         )
 
-        stored = service.invoke("token_query", {"auth_app_id": auth_app_id})
+        stored = service.invoke("token_query", {"action": "get_token", "auth_app_id": auth_app_id})
         _check(
             stored.get("status") == "granted" and bool(stored.get("app_auth_token")),
             f"token query: {stored}",
         )
         _say(
-            f"  invoke token_query {{auth_app_id}}            → granted app_auth_token={mask(stored['app_auth_token'])} version={stored['version']}"
+            f"  invoke token_query get_token                 → granted app_auth_token={mask(stored['app_auth_token'])} version={stored['version']}"
         )
 
         again_start = service.http("GET", "/alipay/authorize", {"merchant_ref": "shop-42"})[1]
@@ -179,7 +179,9 @@ def _service_walkthrough() -> None:
             "/alipay/callback",
             service.approve(again_start["authorization_url"], auth_app_id=auth_app_id),
         )
-        renewed = service.invoke("token_query", {"auth_app_id": auth_app_id, "consistent": True})
+        renewed = service.invoke(
+            "token_query", {"action": "get_token", "auth_app_id": auth_app_id, "consistent": True}
+        )
         _check(
             status == 200 and renewed["version"] == 2,
             f"re-authorization: {status} {renewed.get('version')}",
@@ -233,9 +235,13 @@ def _rotation_walkthrough(service: LocalService, auth_app_id: str, others: list[
         (entry,) = result["merchants"]
         return str(entry["outcome"])
 
-    before = service.invoke("token_query", {"auth_app_id": auth_app_id, "consistent": True})
+    before = service.invoke(
+        "token_query", {"action": "get_token", "auth_app_id": auth_app_id, "consistent": True}
+    )
     outcome = refresh(auth_app_id)
-    after = service.invoke("token_query", {"auth_app_id": auth_app_id, "consistent": True})
+    after = service.invoke(
+        "token_query", {"action": "get_token", "auth_app_id": auth_app_id, "consistent": True}
+    )
     _check(
         outcome == "rotated" and after["version"] == before["version"] + 1,
         f"refresh: {outcome} version {after.get('version')}",
@@ -255,7 +261,9 @@ def _rotation_walkthrough(service: LocalService, auth_app_id: str, others: list[
     )
     outcome = refresh(auth_app_id)
     current = control.merchant(auth_app_id)
-    held = service.invoke("token_query", {"auth_app_id": auth_app_id, "consistent": True})
+    held = service.invoke(
+        "token_query", {"action": "get_token", "auth_app_id": auth_app_id, "consistent": True}
+    )
     _check(
         outcome == "recovered"
         and current is not None
@@ -269,7 +277,9 @@ def _rotation_walkthrough(service: LocalService, auth_app_id: str, others: list[
     cancelled = others[0]
     control.revoke(cancelled, notify=False)
     outcome = refresh(cancelled)
-    answer = service.invoke("token_query", {"auth_app_id": cancelled, "consistent": True})
+    answer = service.invoke(
+        "token_query", {"action": "get_token", "auth_app_id": cancelled, "consistent": True}
+    )
     _check(
         outcome == "revoked"
         and answer.get("status") == "revoked"

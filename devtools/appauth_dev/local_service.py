@@ -144,14 +144,29 @@ class LocalService:
 
 
 def _load_functions() -> dict[str, ModuleType]:
-    # Each function's folder is its code root in Lambda; put them where Lambda would.
+    """Each function imported afresh, as a cold start in this environment would: Powertools reads
+    its settings and the handlers build their lazy collaborators (clients bound to this moto
+    server) on import. :func:`_unload_functions` puts back what was there before."""
     modules: dict[str, ModuleType] = {}
     for folder, module in FUNCTIONS.items():
+        # Each function's folder is its code root in Lambda; put them where Lambda would.
         path = str(REPO / "functions" / folder)
         if path not in sys.path:
             sys.path.insert(0, path)
+        sys.modules.pop(module, None)
         modules[folder] = importlib.import_module(module)
     return modules
+
+
+def _unload_functions(previous: dict[str, ModuleType | None]) -> None:
+    """Whoever imported the handlers before (a test) gets its own modules back, not ones bound
+    to a server that is gone. (The process-wide ``appauth`` logger keeps the level the first
+    Powertools Logger gave it, the template's; quiet mode silences invocations instead.)"""
+    for name, module in previous.items():
+        if module is None:
+            sys.modules.pop(name, None)
+        else:
+            sys.modules[name] = module
 
 
 @contextmanager
@@ -160,6 +175,7 @@ def local_service(*, app_id: str = LOCAL_APP_ID, quiet: bool = True) -> Iterator
     logging.getLogger("werkzeug").setLevel(logging.ERROR)  # moto's per-request access log
     server, endpoint = start_moto_server()
     saved = dict(os.environ)
+    previous_modules = {name: sys.modules.get(name) for name in FUNCTIONS.values()}
     simulator: RunningSimulator | None = None
     try:
         os.environ.update(
@@ -194,12 +210,11 @@ def local_service(*, app_id: str = LOCAL_APP_ID, quiet: bool = True) -> Iterator
                 AlipayAuthUrl=simulator.url,
             )
         )
-        if quiet:
-            os.environ["POWERTOOLS_LOG_LEVEL"] = "ERROR"  # read when the handlers' Loggers are made
         reset_runtime()
         yield LocalService(stack=stack, simulator=simulator, modules=_load_functions(), quiet=quiet)
     finally:
         reset_runtime()
+        _unload_functions(previous_modules)
         if simulator is not None:
             simulator.shutdown()
         server.stop()

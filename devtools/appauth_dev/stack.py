@@ -110,6 +110,16 @@ def load_template(path: Path = DEFAULT_TEMPLATE) -> dict[str, Any]:
     return data
 
 
+def plain_resources(template: Mapping[str, Any]) -> dict[str, dict[str, Any]]:
+    """The template's resources without the ``Fn::ForEach::`` loops (AWS::LanguageExtensions),
+    which expand to resources that have nothing to build locally (Lambda permissions)."""
+    return {
+        logical_id: resource
+        for logical_id, resource in template["Resources"].items()
+        if not logical_id.startswith("Fn::ForEach::")
+    }
+
+
 def environment_names(template: Mapping[str, Any], function: str | None = None) -> list[str]:
     """The environment variable names the template gives its functions (Globals + ``function``)."""
     return list(_environment_spec(template, function))
@@ -666,7 +676,7 @@ def create_local_stack(
         resolver=resolver,
         resources={
             logical_id: resource
-            for logical_id, resource in data["Resources"].items()
+            for logical_id, resource in plain_resources(data).items()
             if "Condition" not in resource or resolver.condition(resource["Condition"])
         },
         stack_name=stack_name,

@@ -69,7 +69,9 @@ def lambda_handler(event: dict[str, Any], context: LambdaContext) -> dict[str, A
     if request.auth_app_ids:
         report = refresher.refresh_now(request.auth_app_ids, concurrency=concurrency)
     else:
+        # The schedule's run: what is due, then the verification sweep with what time is left.
         report = refresher.refresh_due(concurrency=concurrency)
+        refresher.verify_due(report, concurrency=concurrency)
     counts = {"parked_drained": drained, **report.as_dict()}
     for name, value in counts.items():
         metrics.add_metric(name=f"Refresh_{name}", unit=MetricUnit.Count, value=value)

@@ -1,9 +1,8 @@
-"""Token query function: other Lambdas invoke it directly for a merchant's current token.
+"""Token query function: other Lambdas invoke it directly (never over HTTP) for a merchant's token.
 
-Event: ``{"auth_app_id": "2021...", "consistent": false}`` (``consistent`` skips the
-short cache and reads the latest write). Answer: ``{"auth_app_id", "found", "status",
-"app_auth_token" (only while granted), "user_id", "version", "expires_at", "re_expires_at"}``
-or ``{"error": {"reason", "message"}}``. Never exposed over HTTP.
+Requests: ``{"action": "get_token" | "describe" | "list" | "report_invalid", ...}`` (see
+``appauth.queries`` and the README, "Asking for tokens"). Answers: ``{"ok": true, ...}`` or
+``{"ok": false, "error": {"code", "message", "retryable"}}``; never an exception.
 """
 
 from __future__ import annotations
@@ -12,17 +11,17 @@ import os
 from typing import Any
 
 from aws_lambda_powertools import Logger, Metrics, Tracer
-from aws_lambda_powertools.metrics import MetricUnit
+from aws_lambda_powertools.metrics import MetricUnit, single_metric
 from aws_lambda_powertools.utilities.typing import LambdaContext
 
-from appauth.alipay.errors import ConfigError
-from appauth.errors import RequestError
-from appauth.lookup import LookupCache, TokenQuery, lookup_token
+from appauth.lookup import Answer, LookupCache, failure_for
+from appauth.queries import parse_request
 from appauth.runtime import runtime
 
 logger = Logger()
 tracer = Tracer()
 metrics = Metrics()
+# Per container: tokens opened here are served from memory for this long (TokenCacheSeconds).
 cache = LookupCache(max_age_seconds=float(os.environ.get("TOKEN_CACHE_SECONDS", "30")))
 
 
@@ -31,25 +30,36 @@ cache = LookupCache(max_age_seconds=float(os.environ.get("TOKEN_CACHE_SECONDS", 
 @metrics.log_metrics
 def lambda_handler(event: Any, context: LambdaContext) -> dict[str, Any]:
     try:
-        query = TokenQuery.from_event(event)
-        result = cache.get_or_load(
-            query.auth_app_id,
-            lambda app: lookup_token(runtime().store, app, consistent=query.consistent),
-            fresh=query.consistent,
-        )
-    except RequestError as error:
-        logger.warning("Token query refused", extra={"reason": error.reason})
-        return error.as_dict()
-    except ConfigError as error:
-        logger.error(
-            "Service misconfigured", extra={"parameter": error.parameter, "error": str(error)}
-        )
-        return {
-            "error": {"reason": "misconfigured", "message": "the token service is misconfigured"}
-        }
-    metrics.add_metric(name="TokenQueries", unit=MetricUnit.Count, value=1)
+        request = parse_request(event)
+        answer = runtime().token_service(cache).answer(request)
+    except Exception as error:  # a bad request, or a runtime that cannot be built
+        answer = Answer(failure_for(error).answer())
+        request = None
+    _count(answer)
     logger.info(
         "Token query",
-        extra={"auth_app_id": query.auth_app_id, "found": result.found, "status": result.status},
+        extra={
+            "action": type(request).__name__ if request else None,
+            "auth_app_id": getattr(request, "auth_app_id", None),
+            "ok": answer.body.get("ok"),
+            "code": answer.error_code,
+            "cache": answer.cache,
+        },
     )
-    return result.as_dict()
+    return answer.body
+
+
+def _count(answer: Answer) -> None:
+    if answer.cache == "hit":
+        metrics.add_metric(name="TokenQueryCacheHits", unit=MetricUnit.Count, value=1)
+    elif answer.cache == "miss":
+        metrics.add_metric(name="TokenQueryCacheMisses", unit=MetricUnit.Count, value=1)
+    if answer.error_code is None:
+        metrics.add_metric(name="TokenQueries", unit=MetricUnit.Count, value=1)
+        return
+    metrics.add_metric(name="TokenQueryErrors", unit=MetricUnit.Count, value=1)
+    # Its own EMF document, so the code dimension does not attach to the other metrics.
+    with single_metric(
+        name="TokenQueryErrorsByCode", unit=MetricUnit.Count, value=1, namespace=metrics.namespace
+    ) as metric:
+        metric.add_dimension(name="code", value=answer.error_code)

@@ -24,6 +24,7 @@ from appauth_dev.stack import (
     create_local_stack,
     environment_names,
     load_template,
+    plain_resources,
     put_secrets,
 )
 from tests.conftest import read_vector_file
@@ -43,7 +44,7 @@ def _dynamodb(endpoint: str) -> DynamoDBClient:
 def _tables(template: dict[str, Any]) -> dict[str, dict[str, Any]]:
     return {
         logical_id: resource["Properties"]
-        for logical_id, resource in template["Resources"].items()
+        for logical_id, resource in plain_resources(template).items()
         if resource["Type"] == "AWS::DynamoDB::Table"
     }
 
@@ -99,17 +100,46 @@ def test_tokens_table_has_the_sparse_due_index_and_ttls(local_stack: LocalStackE
         {"AttributeName": "pk", "KeyType": "HASH"},
         {"AttributeName": "sk", "KeyType": "RANGE"},
     ]
-    assert _gsis(dict(tokens)) == {
-        "due": (
-            [
-                {"AttributeName": "due_shard", "KeyType": "HASH"},
-                {"AttributeName": "next_refresh_at", "KeyType": "RANGE"},
-            ],
-            {"ProjectionType": "INCLUDE", "NonKeyAttributes": ["auth_app_id", "version", "status"]},
-        )
+    gsis = _gsis(dict(tokens))
+    assert set(gsis) == {"due", "verify", "status", "user"}
+    sweep_projection = {
+        "ProjectionType": "INCLUDE",
+        "NonKeyAttributes": ["auth_app_id", "version", "status"],
     }
+    assert gsis["due"] == (
+        [
+            {"AttributeName": "due_shard", "KeyType": "HASH"},
+            {"AttributeName": "next_refresh_at", "KeyType": "RANGE"},
+        ],
+        sweep_projection,
+    )
+    assert gsis["verify"] == (
+        [
+            {"AttributeName": "due_shard", "KeyType": "HASH"},
+            {"AttributeName": "verify_at", "KeyType": "RANGE"},
+        ],
+        sweep_projection,
+    )
+    for name, hash_key in (("status", "status"), ("user", "user_id")):
+        keys, projection = gsis[name]
+        assert keys == [
+            {"AttributeName": hash_key, "KeyType": "HASH"},
+            {"AttributeName": "auth_app_id", "KeyType": "RANGE"},
+        ]
+        # The listing indexes never carry a sealed token.
+        assert projection["ProjectionType"] == "INCLUDE"
+        assert not {"tokens", "previous_tokens"} & set(projection["NonKeyAttributes"])
     types = {d["AttributeName"]: d["AttributeType"] for d in tokens["AttributeDefinitions"]}
-    assert types == {"pk": "S", "sk": "S", "due_shard": "S", "next_refresh_at": "N"}
+    assert types == {
+        "pk": "S",
+        "sk": "S",
+        "due_shard": "S",
+        "next_refresh_at": "N",
+        "verify_at": "N",
+        "status": "S",
+        "user_id": "S",
+        "auth_app_id": "S",
+    }
     ttl = dynamodb.describe_time_to_live(TableName=local_stack.stack.tokens_table)
     assert ttl["TimeToLiveDescription"]["AttributeName"] == "ttl"
     idempotency = local_stack.stack.idempotency_table
@@ -149,7 +179,7 @@ def test_both_queues_are_encrypted_with_the_local_queue_key(local_stack: LocalSt
     assert queue_key.startswith("arn:aws:kms:us-east-1:123456789012:key/")
     queues = {
         logical_id: resource["Properties"]
-        for logical_id, resource in TEMPLATE["Resources"].items()
+        for logical_id, resource in plain_resources(TEMPLATE).items()
         if resource["Type"] == "AWS::SQS::Queue"
     }
     assert set(queues) == {PARKED_QUEUE, "ParkedGrantsDeadLetterQueue"}
@@ -272,17 +302,23 @@ def test_function_permissions_are_the_ones_the_code_uses():
     bus = {
         "Fn::Sub": "arn:${AWS::Partition}:events:${AWS::Region}:${AWS::AccountId}:event-bus/${EventBusName}"
     }
-    for role in ("CallbackRole", "RefreshRole"):  # the two that make transitions
+    # All three make transitions (the token query on a confirmed report_invalid).
+    for role in ("CallbackRole", "RefreshRole", "TokenQueryRole"):
         assert _statements(role)["PublishLifecycleEvents"]["Resource"] == bus
-    assert {a for a in callback | refresh if a.startswith("events:")} == {"events:PutEvents"}
-    assert not {a for a in token_query if a.startswith("events:")}
+    events = {a for a in callback | refresh | token_query if a.startswith("events:")}
+    assert events == {"events:PutEvents"}
     for granted in (callback, refresh, token_query):
         assert "ssm:GetParameters" not in granted  # SSMProvider.get calls GetParameter
         assert not {a for a in granted if "*" in a}
     assert "dynamodb:Query" not in callback  # TokenStore.events() is for tests only
-    assert _statements("RefreshRole")["QueryDueIndex"]["Resource"] == {
-        "Fn::Sub": "${TokensTable.Arn}/index/due"
-    }
+    assert _statements("RefreshRole")["QueryDueIndexes"]["Resource"] == [
+        {"Fn::Sub": "${TokensTable.Arn}/index/due"},
+        {"Fn::Sub": "${TokensTable.Arn}/index/verify"},
+    ]
+    assert _statements("TokenQueryRole")["QueryListIndexes"]["Resource"] == [
+        {"Fn::Sub": "${TokensTable.Arn}/index/status"},
+        {"Fn::Sub": "${TokensTable.Arn}/index/user"},
+    ]
     assert _actions(_statements("CallbackRole")["IdempotencyRecords"]) == {
         "dynamodb:GetItem",
         "dynamodb:PutItem",
@@ -295,8 +331,15 @@ def test_function_permissions_are_the_ones_the_code_uses():
         "xray:PutTraceSegments",
         "xray:PutTelemetryRecords",
         "dynamodb:GetItem",
+        "dynamodb:UpdateItem",
+        "dynamodb:PutItem",
+        "dynamodb:Query",
+        "ssm:GetParameter",
         "kms:Decrypt",
+        "kms:Encrypt",
+        "kms:GenerateDataKey",
         "kms:DescribeKey",
+        "events:PutEvents",
     }
 
 
@@ -333,11 +376,11 @@ def test_changing_the_template_changes_the_tables(aws_env: str, tmp_path: Path):
     """There is no second definition: a GSI and a TTL change made in the template show up."""
     changed = load_template(DEFAULT_TEMPLATE)
     tokens = changed["Resources"]["TokensTable"]["Properties"]
-    tokens["AttributeDefinitions"].append({"AttributeName": "user_id", "AttributeType": "S"})
+    tokens["AttributeDefinitions"].append({"AttributeName": "merchant_ref", "AttributeType": "S"})
     tokens["GlobalSecondaryIndexes"].append(
         {
-            "IndexName": "by_user",
-            "KeySchema": [{"AttributeName": "user_id", "KeyType": "HASH"}],
+            "IndexName": "by_ref",
+            "KeySchema": [{"AttributeName": "merchant_ref", "KeyType": "HASH"}],
             "Projection": {"ProjectionType": "KEYS_ONLY"},
         }
     )
@@ -346,9 +389,9 @@ def test_changing_the_template_changes_the_tables(aws_env: str, tmp_path: Path):
     dynamodb = _dynamodb(aws_env)
     table = dynamodb.describe_table(TableName=stack.tokens_table)["Table"]
     gsis = _gsis(dict(table))
-    assert set(gsis) == {"due", "by_user"}
-    assert gsis["by_user"] == (
-        [{"AttributeName": "user_id", "KeyType": "HASH"}],
+    assert set(gsis) == {"due", "verify", "status", "user", "by_ref"}
+    assert gsis["by_ref"] == (
+        [{"AttributeName": "merchant_ref", "KeyType": "HASH"}],
         {"ProjectionType": "KEYS_ONLY"},
     )
     ttl = dynamodb.describe_time_to_live(TableName=stack.tokens_table)
@@ -410,8 +453,11 @@ def test_a_property_the_builder_cannot_translate_is_a_clear_error(
 def test_environment_names_are_the_templates(local_stack: LocalStackEnv):
     declared = TEMPLATE["Globals"]["Function"]["Environment"]["Variables"]
     assert list(local_stack.env) == list(declared) == environment_names(TEMPLATE)
-    for function in ("CallbackFunction", "TokenQueryFunction"):
-        assert set(environment_names(TEMPLATE, function)) == set(declared)
+    assert set(environment_names(TEMPLATE, "CallbackFunction")) == set(declared)
+    # The token query adds its cache's max age.
+    assert set(environment_names(TEMPLATE, "TokenQueryFunction")) == set(declared) | {
+        "TOKEN_CACHE_SECONDS"
+    }
     # The refresh function adds its pool size and rate limit.
     assert set(environment_names(TEMPLATE, "RefreshFunction")) == set(declared) | {
         "REFRESH_CONCURRENCY",
@@ -435,6 +481,7 @@ def test_environment_names_are_the_templates(local_stack: LocalStackEnv):
         "CALLBACK_URL": "",
         "REFRESH_AHEAD_DAYS": "30",
         "REFRESH_HYGIENE_DAYS": "90",
+        "VERIFY_EVERY_DAYS": "7",
         "EVENT_BUS_NAME": "default",
         "POWERTOOLS_SERVICE_NAME": "appauth",
         "POWERTOOLS_METRICS_NAMESPACE": "AlipayAppAuth",

@@ -32,6 +32,7 @@ class Settings:
     event_bus_name: str = "default"
     refresh_concurrency: int = 8
     refresh_rate_per_second: int = 20
+    verify_every_days: int = 7
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> Settings:
@@ -92,4 +93,5 @@ class Settings:
             event_bus_name=optional("EVENT_BUS_NAME") or "default",
             refresh_concurrency=number("REFRESH_CONCURRENCY", 8, 1),
             refresh_rate_per_second=number("REFRESH_RATE_PER_SECOND", 20, 1),
+            verify_every_days=number("VERIFY_EVERY_DAYS", 7, 1),
         )

@@ -31,6 +31,15 @@ class RefreshPolicy:
     ahead_days: int = 30
     hygiene_days: int = 90
     jitter_fraction: float = 0.1
+    verify_days: int = 7
+
+    def next_verify_at(self, auth_app_id: str, now: datetime) -> datetime:
+        """When the verification sweep next asks Alipay about this grant: at most
+        ``verify_days`` from ``now``, spread over the last tenth of the window so that merchants
+        verified together (a big batch authorization) are not all verified in the same run."""
+        window = timedelta(days=self.verify_days)
+        spread = window * self.jitter_fraction * _unit_hash("verify", auth_app_id, now.isoformat())
+        return now + window - spread
 
     def next_refresh_at(
         self, auth_app_id: str, issued_at: datetime, re_expires_at: datetime | None

@@ -20,6 +20,13 @@ For each merchant (see README, "The rotation protocol"):
    refuse, one structured log line holding the pair sealed under the token key. A refusal is
    classified: a newer grant or a cancellation won (audited, stop) or the lease was lost (park).
 
+**Verify** (the sweep, after the due merchants): a merchant whose ``verify_at`` has come is
+leased like a refresh and its token queried (sharing the run's rate limit and time). ``valid``:
+what Alipay said (methods, period) is stored and the next check is due in ``VerifyEveryDays``;
+``invalid``: ``revoked``; the token unknown to Alipay: the merchant is refreshed now (its refresh
+token may still work, and a refused one is confirmed as above); no usable answer: asked again
+later. A merchant marked for reconciliation is reconciled instead.
+
 **Reconcile** (the lease was taken over from a run that died, or the item is marked): resend the
 stored refresh token once. Alipay either answers (a replay of the pair it issued, or a fresh one:
 stored as ``recovered``), or refuses it, and then the query decides: ``valid`` -> keep the pair,
@@ -90,11 +97,14 @@ class Outcome(StrEnum):
     STOPPED_ON_ERROR = "stopped_on_error"  # the due index could not be read: the rest waits
     NOT_FOUND = "not_found"
     NOT_GRANTED = "not_granted"
+    VERIFIED = "verified"  # the sweep asked Alipay: the grant is valid, its info is stored
+    VERIFY_DEFERRED = "verify_deferred"  # the sweep got no usable answer: asked again later
 
 
 @dataclass
 class RefreshReport:
     due: int = 0
+    verify_due: int = 0
     outcomes: Counter[str] = field(default_factory=Counter)
     reconciled: int = 0
     merchants: list[dict[str, str]] = field(default_factory=list)
@@ -114,7 +124,12 @@ class RefreshReport:
 
     def as_dict(self) -> dict[str, int]:
         counts = {outcome.value: self.outcomes[outcome.value] for outcome in Outcome}
-        return {"due": self.due, "reconciled": self.reconciled, **counts}
+        return {
+            "due": self.due,
+            "verify_due": self.verify_due,
+            "reconciled": self.reconciled,
+            **counts,
+        }
 
 
 @dataclass(frozen=True)
@@ -133,6 +148,8 @@ TRANSIENT_BACKOFF = Backoff(timedelta(minutes=5), timedelta(hours=6))
 # "Retried soon": the refresh token was refused though the pair works; alarmed meanwhile.
 REFUSED_BACKOFF = Backoff(timedelta(minutes=15), timedelta(hours=2))
 UNREADABLE_RETRY = Backoff(timedelta(hours=6), timedelta(hours=24))
+# The sweep could not verify a merchant: ask again after about an hour (the next run or two).
+VERIFY_RETRY = Backoff(timedelta(hours=1), timedelta(hours=6))
 
 
 @dataclass(frozen=True)
@@ -250,23 +267,40 @@ class Refresher:
                 report.due += 1
                 yield auth_app_id, version
 
-        self._run(candidates(), report, concurrency)
+        self._run(candidates(), report, concurrency, self._one_safely)
+        return report
+
+    def verify_due(self, report: RefreshReport, *, concurrency: int = 1) -> RefreshReport:
+        """The verification sweep: every granted merchant whose ``verify_at`` has come, read
+        page by page from the sparse ``verify`` index, through the same pool, rate limit and
+        time budget as the rotations (run it after them: a due rotation is more urgent)."""
+
+        def candidates() -> Iterable[tuple[str, int | None]]:
+            for auth_app_id, version in self.store.verify_due(self.clock()):
+                report.verify_due += 1
+                yield auth_app_id, version
+
+        self._run(candidates(), report, concurrency, self._verify_safely)
         return report
 
     def refresh_now(self, auth_app_ids: Sequence[str], *, concurrency: int = 1) -> RefreshReport:
         """The manual trigger: these merchants now, due or not."""
         report = RefreshReport()
         report.due = len(auth_app_ids)
-        self._run(((app, None) for app in auth_app_ids), report, concurrency)
+        self._run(((app, None) for app in auth_app_ids), report, concurrency, self._one_safely)
         return report
 
     def _run(
-        self, candidates: Iterable[tuple[str, int | None]], report: RefreshReport, concurrency: int
+        self,
+        candidates: Iterable[tuple[str, int | None]],
+        report: RefreshReport,
+        concurrency: int,
+        work: Callable[[str, int | None, RefreshReport], None],
     ) -> None:
         with ThreadPoolExecutor(max_workers=max(1, concurrency)) as pool:
             in_flight: set[Future[None]] = set()
             try:
-                self._dispatch(candidates, report, concurrency, pool, in_flight)
+                self._dispatch(candidates, report, concurrency, pool, in_flight, work=work)
             except (BotoCoreError, ClientError) as error:
                 # The due index could not be read: finish what was taken, report, stop.
                 logger.error("Reading the due index failed", extra={"error": type(error).__name__})
@@ -281,6 +315,8 @@ class Refresher:
         concurrency: int,
         pool: ThreadPoolExecutor,
         in_flight: set[Future[None]],
+        *,
+        work: Callable[[str, int | None, RefreshReport], None],
     ) -> None:
         for auth_app_id, version in candidates:
             if self.time_left() < self.budget.reserve:
@@ -292,7 +328,7 @@ class Refresher:
                 for future in done:
                     in_flight.discard(future)
                     future.result()
-            in_flight.add(pool.submit(self._one_safely, auth_app_id, version, report))
+            in_flight.add(pool.submit(work, auth_app_id, version, report))
 
     def _one_safely(self, auth_app_id: str, version: int | None, report: RefreshReport) -> None:
         try:
@@ -302,6 +338,86 @@ class Refresher:
             # run; its lease lapses and the next run reconciles it.
             logger.exception("Refresh of one merchant failed", extra={"auth_app_id": auth_app_id})
             report.add(auth_app_id, Outcome.OUTCOME_UNKNOWN)
+
+    def _verify_safely(self, auth_app_id: str, version: int | None, report: RefreshReport) -> None:
+        try:
+            self.verify_one(auth_app_id, version, report)
+        except Exception:
+            logger.exception("Verifying one merchant failed", extra={"auth_app_id": auth_app_id})
+            report.add(auth_app_id, Outcome.VERIFY_DEFERRED)
+
+    # --- the verification sweep -------------------------------------------------------------
+
+    def verify_one(self, auth_app_id: str, version: int | None, report: RefreshReport) -> None:
+        """Ask Alipay about one granted merchant (see the module docstring, "Verify")."""
+        if version is None or self.time_left() < self.budget.reserve:
+            # The check may turn into a rotation: it needs the time an answer needs.
+            report.add(auth_app_id, Outcome.STOPPED_EARLY)
+            return
+        lease = self.store.acquire_lease(
+            auth_app_id,
+            version=version,
+            now=self.clock(),
+            seconds=self.lease_seconds,
+            owner=self.owner,
+        )
+        if lease is None:
+            report.add(auth_app_id, Outcome.SKIPPED_LEASED)
+            return
+        resent: list[bool] = []
+        if lease.needs_reconcile:
+            # A refresh died or its answer was lost: reconciling is what this merchant needs.
+            outcome = self._rotate(lease, resent)
+            report.add(auth_app_id, outcome, reconciled=outcome != Outcome.OUTCOME_UNKNOWN)
+            return
+        report.add(auth_app_id, self._verify(lease, resent))
+
+    def _verify(self, lease: Lease, resent: list[bool]) -> Outcome:
+        try:
+            app_auth_token = self.store.open_tokens(lease.stored)[0]
+        except TokenDecryptionError:
+            logger.error("Stored pair does not decrypt", extra={"auth_app_id": lease.auth_app_id})
+            self._release(lease, "unreadable_pair", UNREADABLE_RETRY)
+            return Outcome.UNREADABLE
+        except (BotoCoreError, ClientError) as error:
+            return self._defer_verification(lease, f"kms_{type(error).__name__}")
+        if self.limiter is not None:
+            self.limiter.acquire()
+        if self.time_left() < self.budget.reserve:
+            return self._defer_verification(lease, "stopped_early", immediate=True)
+        queried_at = self.clock()
+        try:
+            info = self.client.query_authorization(app_auth_token)
+        except AlipayError as error:
+            if error.signed and error.app_auth_token_dead:
+                # The token is dead, but its refresh token may not be: refresh now. A refused
+                # refresh token is confirmed (and the merchant ended) by the refresh path.
+                logger.warning(
+                    "Verification found the token dead: refreshing",
+                    extra={"auth_app_id": lease.auth_app_id, "reason": _reason(error)},
+                )
+                return self._rotate(lease, resent)
+            if error.permanent:
+                return self._defer_alipay_error(lease, error)
+            return self._defer_verification(lease, _reason(error))
+        except (TransportError, SignatureError, UnexpectedResponseError) as error:
+            return self._defer_verification(lease, _reason(error))
+        if info.auth_app_id != lease.auth_app_id:
+            return self._defer_verification(lease, "query_named_another_app")
+        if not info.valid:
+            return self._end(lease, Transition.REVOKED, f"verify:query:{info.status}", queried_at)
+        if not self.store.record_authorization_info(
+            lease.stored, info, verified_at=queried_at, owner=lease.owner
+        ):
+            return Outcome.SUPERSEDED
+        return Outcome.VERIFIED
+
+    def _defer_verification(self, lease: Lease, reason: str, *, immediate: bool = False) -> Outcome:
+        now = self.clock()
+        failures = lease.stored.refresh_failures + 1
+        until = now if immediate else now + VERIFY_RETRY.delay(failures, self.rng)
+        self.store.defer_verification(lease, until=until, reason=reason)
+        return Outcome.STOPPED_EARLY if immediate else Outcome.VERIFY_DEFERRED
 
     # --- one merchant ---------------------------------------------------------------------
 

@@ -9,9 +9,12 @@ Items (``pk`` / ``sk``):
   orders writes), ``expires_at``, ``re_expires_at``, ``next_refresh_at`` (epoch seconds),
   ``user_id``, ``merchant_ref``, the refresh lease (``lease_owner``, ``lease_until``), the
   consecutive failure count (``refresh_failures``), ``reconcile_reason`` (a refresh whose outcome
-  we did not see), timestamps. Only ``granted`` items carry ``due_shard``, which makes the ``due``
-  index sparse: the refresher queries ``due_shard = s AND next_refresh_at <= now`` per shard,
-  page by page, never a Scan.
+  we did not see), what Alipay's query last said (``auth_methods``, ``auth_start``, ``auth_end``,
+  ``alipay_status``, ``verified_at``) and when the sweep asks again (``verify_at``), timestamps.
+  Only ``granted`` items carry ``due_shard``, which makes the ``due`` and ``verify`` indexes
+  sparse: the refresher queries ``due_shard = s AND next_refresh_at <= now`` (and ``verify_at``)
+  per shard, page by page, never a Scan. The ``status`` index lists merchants by status and the
+  ``user`` index finds a merchant user's apps (both keyed by ``auth_app_id``).
 - ``APP#<auth_app_id>`` / ``EVENT#<time>#<id>``: audit events (what, when, who; never a token).
 - ``STATE#<nonce>`` / ``STATE``: an issued authorization ``state``; ``consumed_at`` is set once,
   atomically; ``ttl`` lets DynamoDB delete it after it expires.
@@ -27,6 +30,8 @@ one transaction, then goes to the event sink (EventBridge):
 
 from __future__ import annotations
 
+import base64
+import json
 import secrets
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
@@ -34,7 +39,8 @@ from datetime import UTC, datetime, timedelta
 from enum import StrEnum
 from typing import TYPE_CHECKING, Any, cast
 
-from appauth.alipay.models import TokenGrant
+from appauth.alipay.credentials import is_app_id
+from appauth.alipay.models import AuthorizationInfo, TokenGrant
 from appauth.envelope import SealedTokens, TokenCipher, TokenDecryptionError
 from appauth.errors import StateReplayedError
 from appauth.lifecycle import (
@@ -57,6 +63,11 @@ STATUS_NEEDS_REAUTH = Status.NEEDS_REAUTH.value
 STATUS_REVOKED = Status.REVOKED.value
 AUTH_SK = "AUTH"
 DUE_INDEX = "due"
+VERIFY_INDEX = "verify"
+STATUS_INDEX = "status"
+USER_INDEX = "user"
+LISTED_STATUSES = (STATUS_GRANTED, STATUS_NEEDS_REAUTH, STATUS_REVOKED)
+MAX_APPS_PER_USER = 50
 STATE_SK = "STATE"
 STATE_TTL_SLACK = timedelta(days=1)
 # A concurrent writer moved the version between our read and our write: read again, this often.
@@ -134,6 +145,29 @@ class StoredAuthorization:
     status_reason: str | None = None
     previous_issued_at: datetime | None = None
     previous_sealed: SealedTokens | None = field(default=None, repr=False)
+    auth_methods: tuple[str, ...] | None = None  # None: Alipay has not been asked yet
+    auth_start: str | None = None
+    auth_end: str | None = None
+    alipay_status: str | None = None
+    verified_at: datetime | None = None
+    verify_at: datetime | None = None
+
+    def leased_at(self, now: datetime) -> bool:
+        """A refresh or a verification holds the merchant at ``now``."""
+        return self.lease_until is not None and self.lease_until > now
+
+
+@dataclass(frozen=True)
+class AuthorizationPage:
+    """One page of :meth:`TokenStore.list_authorizations` (never a token); ``cursor`` is None
+    on the last page."""
+
+    items: list[StoredAuthorization]
+    cursor: str | None
+
+
+class CursorError(ValueError):
+    """A list cursor that this store did not hand out."""
 
 
 @dataclass(frozen=True)
@@ -339,6 +373,7 @@ class TokenStore:
             ":next": {"N": _epoch(next_refresh)},
             ":shard": {"S": due_shard(grant.auth_app_id)},
             ":source": {"S": source},
+            ":verify": {"N": _epoch(self._policy.next_verify_at(grant.auth_app_id, now))},
         }
         sets = [
             "auth_app_id = :app",
@@ -348,6 +383,7 @@ class TokenStore:
             "token_issued_at = :issued",
             "next_refresh_at = :next",
             "due_shard = :shard",
+            "verify_at = :verify",
             "granted_at = if_not_exists(granted_at, :now)",
             "updated_at = :now",
             "token_source = :source",
@@ -413,7 +449,7 @@ class TokenStore:
                 "Key": _key(auth_app_id),
                 "UpdateExpression": "SET auth_app_id = :app, #status = :revoked, revoked_ms = :cancelled, "
                 "revoked_at = :now, updated_at = :now, version = :version, status_reason = :reason "
-                "REMOVE due_shard, next_refresh_at, lease_until, lease_owner, reconcile_reason",
+                "REMOVE due_shard, next_refresh_at, verify_at, lease_until, lease_owner, reconcile_reason",
                 "ConditionExpression": (
                     "attribute_not_exists(version)" if version == 0 else "version = :expected"
                 )
@@ -451,13 +487,18 @@ class TokenStore:
     def due(self, now: datetime, *, limit: int | None = None) -> Iterator[tuple[str, int]]:
         """(auth_app_id, version) of granted items due by ``now``, read lazily page by page from
         the sparse index (a Query per shard, never a Scan): a run never collects them all first."""
+        yield from self._sparse_query(DUE_INDEX, "next_refresh_at", now, limit=limit)
+
+    def _sparse_query(
+        self, index: str, attribute: str, now: datetime, *, limit: int | None = None
+    ) -> Iterator[tuple[str, int]]:
         found = 0
         paginator = self._db.get_paginator("query")
         for shard in range(DUE_SHARDS):
             pages = paginator.paginate(
                 TableName=self._table,
-                IndexName=DUE_INDEX,
-                KeyConditionExpression="due_shard = :shard AND next_refresh_at <= :now",
+                IndexName=index,
+                KeyConditionExpression=f"due_shard = :shard AND {attribute} <= :now",
                 ExpressionAttributeValues={":shard": {"S": str(shard)}, ":now": {"N": _epoch(now)}},
             )
             for page in pages:
@@ -580,6 +621,32 @@ class TokenStore:
         stays sealed (for the audit, never handed out). A revocation also fences out every pair
         issued before ``confirmed_at``, as a cancellation notification does: a late answer must
         not bring a cancelled merchant back."""
+        return self._end(
+            lease.stored, transition, reason=reason, confirmed_at=confirmed_at, owner=lease.owner
+        )
+
+    def end_confirmed(
+        self,
+        stored: StoredAuthorization,
+        transition: Transition,
+        *,
+        reason: str,
+        confirmed_at: datetime,
+    ) -> bool:
+        """:meth:`end_authorization` without a lease (a caller's report, confirmed by Alipay):
+        fenced by the version read and ``granted``. A refresh that holds the lease meanwhile
+        loses it; its answer, if any, still lands through the issue-time fences."""
+        return self._end(stored, transition, reason=reason, confirmed_at=confirmed_at, owner=None)
+
+    def _end(
+        self,
+        stored: StoredAuthorization,
+        transition: Transition,
+        *,
+        reason: str,
+        confirmed_at: datetime,
+        owner: str | None,
+    ) -> bool:
         if transition not in (Transition.NEEDS_REAUTH, Transition.REVOKED):
             raise ValueError(f"{transition.value} does not end an authorization")
         now = self._clock()
@@ -589,35 +656,179 @@ class TokenStore:
             if transition is Transition.REVOKED
             else ""
         )
+        values: AttributeMap = {
+            ":status": {"S": status},
+            ":next": {"N": str(stored.version + 1)},
+            ":now": {"S": _iso(now)},
+            ":reason": {"S": reason},
+            ":version": {"N": str(stored.version)},
+        }
+        if owner is not None:
+            condition = "version = :version AND lease_owner = :owner"
+            values[":owner"] = {"S": owner}
+        else:
+            condition = "version = :version AND #status = :granted"
+            values[":granted"] = {"S": STATUS_GRANTED}
+        if transition is Transition.REVOKED:
+            values[":confirmed"] = {"N": epoch_ms(confirmed_at)}
         update: UpdateTypeDef = {
             "TableName": self._table,
-            "Key": _key(lease.auth_app_id),
+            "Key": _key(stored.auth_app_id),
             "UpdateExpression": "SET #status = :status, version = :next, updated_at = :now, "
             f"status_reason = :reason{extra} "
-            "REMOVE due_shard, next_refresh_at, lease_until, lease_owner, reconcile_reason",
-            "ConditionExpression": "version = :version AND lease_owner = :owner",
+            "REMOVE due_shard, next_refresh_at, verify_at, lease_until, lease_owner, "
+            "reconcile_reason",
+            "ConditionExpression": condition,
             "ExpressionAttributeNames": {"#status": "status"},
-            "ExpressionAttributeValues": {
-                ":status": {"S": status},
-                ":next": {"N": str(lease.version + 1)},
-                ":now": {"S": _iso(now)},
-                ":reason": {"S": reason},
-                ":version": {"N": str(lease.version)},
-                ":owner": {"S": lease.owner},
-            },
+            "ExpressionAttributeValues": values,
         }
-        if transition is Transition.REVOKED:
-            _values(update)[":confirmed"] = {"N": epoch_ms(confirmed_at)}
         name = "authorization_revoked" if transition is Transition.REVOKED else "needs_reauth"
-        event = self._event_item(lease.auth_app_id, name, {"reason": reason}, now)
+        event = self._event_item(stored.auth_app_id, name, {"reason": reason}, now)
         if not self._update_with_event(update, event):
             return False
         self._events.publish(
             LifecycleEvent(
-                transition, lease.auth_app_id, lease.version + 1, now, reason, lease.stored.user_id
+                transition, stored.auth_app_id, stored.version + 1, now, reason, stored.user_id
             )
         )
         return True
+
+    # --- what Alipay says about a grant ----------------------------------------------------
+
+    def record_authorization_info(
+        self,
+        stored: StoredAuthorization,
+        info: AuthorizationInfo,
+        *,
+        verified_at: datetime,
+        owner: str | None = None,
+    ) -> bool:
+        """Keep what the query said (methods, period, status) on the item, fenced by the
+        version it is about, and schedule the next verification. With ``owner`` (the sweep's
+        lease) the lease is released in the same write. False: the item moved on."""
+        values: AttributeMap = {
+            ":methods": {"L": [{"S": method} for method in info.auth_methods]},
+            ":alipay_status": {"S": info.status},
+            ":verified": {"N": epoch_ms(verified_at)},
+            ":version": {"N": str(stored.version)},
+        }
+        sets = ["auth_methods = :methods", "alipay_status = :alipay_status"]
+        sets.append("verified_at = :verified")
+        removes = ["auth_start", "auth_end"]
+        for name, value in (("auth_start", info.auth_start), ("auth_end", info.auth_end)):
+            if value is not None:
+                sets.append(f"{name} = :{name}")
+                values[f":{name}"] = {"S": value}
+                removes.remove(name)
+        # Fenced by the version and status read: the info is about that grant.
+        condition = "version = :version AND #status = :status"
+        values[":status"] = {"S": stored.status}
+        if stored.status == STATUS_GRANTED:
+            # Only granted items are in the sparse indexes: never put an ended one back.
+            sets.append("verify_at = :verify")
+            values[":verify"] = {
+                "N": _epoch(self._policy.next_verify_at(stored.auth_app_id, verified_at))
+            }
+        if owner is not None:
+            condition += " AND lease_owner = :owner"
+            values[":owner"] = {"S": owner}
+            removes.extend(LEASE_FIELDS)
+        expression = f"SET {', '.join(sets)}"
+        if removes:
+            expression += f" REMOVE {', '.join(removes)}"
+        try:
+            self._db.update_item(
+                TableName=self._table,
+                Key=_key(stored.auth_app_id),
+                UpdateExpression=expression,
+                ConditionExpression=condition,
+                ExpressionAttributeNames={"#status": "status"},
+                ExpressionAttributeValues=values,
+            )
+        except self._db.exceptions.ConditionalCheckFailedException:
+            return False
+        return True
+
+    def defer_verification(self, lease: Lease, *, until: datetime, reason: str) -> bool:
+        """The sweep could not verify (Alipay unreachable, answer unverifiable): ask again at
+        ``until`` and release the lease. Audited; never a status change."""
+        now = self._clock()
+        update: UpdateTypeDef = {
+            "TableName": self._table,
+            "Key": _key(lease.auth_app_id),
+            "UpdateExpression": "SET verify_at = :until, updated_at = :now "
+            "REMOVE lease_until, lease_owner",
+            "ConditionExpression": "version = :version AND lease_owner = :owner",
+            "ExpressionAttributeValues": {
+                ":until": {"N": _epoch(until)},
+                ":now": {"S": _iso(now)},
+                ":version": {"N": str(lease.version)},
+                ":owner": {"S": lease.owner},
+            },
+        }
+        detail = {"reason": reason, "until": _iso(until)}
+        return self._update_with_event(
+            update, self._event_item(lease.auth_app_id, "verification_deferred", detail, now)
+        )
+
+    # --- finding merchants -----------------------------------------------------------------
+
+    def verify_due(self, now: datetime) -> Iterator[tuple[str, int]]:
+        """(auth_app_id, version) of granted items whose verification is due, lazily."""
+        yield from self._sparse_query(VERIFY_INDEX, "verify_at", now)
+
+    def list_authorizations(
+        self, *, status: str | None = None, cursor: str | None = None, limit: int = 50
+    ) -> AuthorizationPage:
+        """Merchants by status (all statuses, one after the other, without ``status``), in
+        ``auth_app_id`` order, from the ``status`` index: never a Scan, never a token."""
+        statuses = [status] if status else list(LISTED_STATUSES)
+        start: tuple[str, str] | None = _decode_cursor(cursor, statuses) if cursor else None
+        items: list[StoredAuthorization] = []
+        for current in statuses[statuses.index(start[0]) if start else 0 :]:
+            query: dict[str, Any] = {
+                "TableName": self._table,
+                "IndexName": STATUS_INDEX,
+                "KeyConditionExpression": "#status = :status",
+                "ExpressionAttributeNames": {"#status": "status"},
+                "ExpressionAttributeValues": {":status": {"S": current}},
+                "Limit": limit - len(items),
+            }
+            if start is not None and start[0] == current:
+                query["ExclusiveStartKey"] = {
+                    "status": {"S": current},
+                    "auth_app_id": {"S": start[1]},
+                    **_key(start[1]),
+                }
+            start = None
+            while True:
+                response = self._db.query(**query)
+                items.extend(_authorization_from_item(item) for item in response.get("Items", []))
+                last = response.get("LastEvaluatedKey")
+                if len(items) >= limit:
+                    if last is None and current == statuses[-1]:
+                        return AuthorizationPage(items, None)
+                    return AuthorizationPage(items, _encode_cursor(current, items[-1].auth_app_id))
+                if last is None:
+                    break
+                query["ExclusiveStartKey"] = last
+                query["Limit"] = limit - len(items)
+        return AuthorizationPage(items, None)
+
+    def by_user(self, user_id: str) -> list[tuple[str, int]]:
+        """(auth_app_id, version) of every app this merchant user authorized (at most
+        :data:`MAX_APPS_PER_USER`), from the ``user`` index."""
+        response = self._db.query(
+            TableName=self._table,
+            IndexName=USER_INDEX,
+            KeyConditionExpression="user_id = :user",
+            ExpressionAttributeValues={":user": {"S": user_id}},
+            Limit=MAX_APPS_PER_USER,
+        )
+        return [
+            (item["auth_app_id"]["S"], int(item["version"]["N"]))
+            for item in response.get("Items", [])
+        ]
 
     def _update_with_event(self, update: UpdateTypeDef, event: PutTypeDef) -> bool:
         """Apply a conditional update and its audit event atomically; False if the condition failed."""
@@ -736,6 +947,25 @@ def _with_previous(update: UpdateTypeDef, current: Mapping[str, Any]) -> UpdateT
     return update
 
 
+def _encode_cursor(status: str, auth_app_id: str) -> str:
+    raw = json.dumps({"s": status, "a": auth_app_id}, separators=(",", ":")).encode()
+    return base64.urlsafe_b64encode(raw).decode().rstrip("=")
+
+
+def _decode_cursor(cursor: str, statuses: list[str]) -> tuple[str, str]:
+    """The cursor is only ever a status and an app id: anything else is refused, so a caller
+    cannot steer the Query elsewhere."""
+    try:
+        raw = base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4))
+        value = json.loads(raw)
+        status, auth_app_id = value["s"], value["a"]
+    except (ValueError, TypeError, KeyError):
+        raise CursorError("the cursor is not one this service handed out") from None
+    if status not in statuses or not is_app_id(auth_app_id) or set(value) != {"s", "a"}:
+        raise CursorError("the cursor is not one this service handed out")
+    return status, auth_app_id
+
+
 def _sealed_to_item(sealed: SealedTokens) -> AttributeMap:
     return {
         "key_id": {"S": sealed.key_id},
@@ -784,4 +1014,12 @@ def _authorization_from_item(item: Mapping[str, Any]) -> StoredAuthorization:
         previous_sealed=_sealed_from_item(item["previous_tokens"]["M"])
         if "previous_tokens" in item
         else None,
+        auth_methods=tuple(m["S"] for m in item["auth_methods"]["L"])
+        if "auth_methods" in item
+        else None,
+        auth_start=text("auth_start"),
+        auth_end=text("auth_end"),
+        alipay_status=text("alipay_status"),
+        verified_at=millis("verified_at"),
+        verify_at=_from_epoch(item.get("verify_at")),
     )
