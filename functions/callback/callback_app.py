@@ -4,6 +4,8 @@ and Alipay's notifications. Thin: parse, call the layer, map the result or error
 
 from __future__ import annotations
 
+import base64
+import binascii
 import json
 import time
 from datetime import UTC, datetime
@@ -18,7 +20,11 @@ from aws_lambda_powertools.utilities.idempotency import (
     IdempotencyConfig,
     idempotent_function,
 )
-from aws_lambda_powertools.utilities.idempotency.exceptions import IdempotencyAlreadyInProgressError
+from aws_lambda_powertools.utilities.idempotency.exceptions import (
+    IdempotencyAlreadyInProgressError,
+    IdempotencyValidationError,
+)
+from aws_lambda_powertools.utilities.idempotency.persistence.datarecord import DataRecord
 from aws_lambda_powertools.utilities.typing import LambdaContext
 
 from appauth import aws
@@ -31,7 +37,12 @@ from appauth.authorization import (
     start_authorization,
 )
 from appauth.errors import InvalidRequestError, RequestError
-from appauth.notifications import handle_notification
+from appauth.notifications import (
+    MAX_NOTIFICATION_BYTES,
+    NotificationResult,
+    process_notification,
+    read_notification,
+)
 from appauth.runtime import runtime
 from callback_pages import error_page, result_page, start_page
 
@@ -57,8 +68,31 @@ IDEMPOTENCY = IdempotencyConfig(
 )
 
 
+def _replayed(response: Any, idempotent_data: DataRecord) -> Any:
+    """A response answered from the record (not processed again) says so."""
+    return {**response, "replayed": True} if isinstance(response, dict) else response
+
+
+# A notification Alipay redelivers (same app_id and notify_id) after it was processed is
+# answered "success" from the record. Alipay redelivers for about 25 hours; keep 3 days. A
+# notify_id that comes back with other signed content is not a redelivery: it is processed
+# (the store's fences make that safe) instead of being answered from the record.
+NOTIFY_IDEMPOTENCY = IdempotencyConfig(
+    event_key_jmespath="[app_id, notify_id]",
+    payload_validation_jmespath="[notify_type, msg_method, biz_content]",
+    expires_after_seconds=3 * 24 * 3600,
+    hash_function="sha256",
+    response_hook=_replayed,
+)
+
+
 class NotificationRejectedError(RequestError):
     reason = "notification_rejected"
+
+
+class NotificationInProgressError(RequestError):
+    http_status = 503
+    reason = "notification_in_progress"
 
 
 class AuthorizationInProgressError(RequestError):
@@ -179,21 +213,91 @@ def callback() -> Response[str]:
     return _respond(200, result_page(outcome), {"status": "granted", **outcome.as_dict()})
 
 
+def _raw_body() -> bytes:
+    """The request body as the bytes Alipay sent (API Gateway may hand them over in base64)."""
+    event = app.current_event
+    body = event.body or ""
+    if not isinstance(body, str):
+        raise InvalidRequestError("the body is not text")
+    # Base64 of MAX_NOTIFICATION_BYTES is 4/3 as long: refuse anything longer before decoding.
+    if len(body) > 2 * MAX_NOTIFICATION_BYTES:
+        raise InvalidRequestError("notification body is too large")
+    if event.is_base64_encoded:
+        try:
+            return base64.b64decode(body, validate=True)
+        except (binascii.Error, ValueError):  # ValueError: non-ASCII characters
+            raise InvalidRequestError("the body is not valid base64") from None
+    try:
+        return body.encode("utf-8")
+    except UnicodeEncodeError:  # lone surrogates: not text API Gateway could have sent
+        raise InvalidRequestError("the body is not valid text") from None
+
+
+def _process(notification: dict[str, str]) -> dict[str, Any]:
+    rt = runtime()
+    # Parked in the queue, or "fail": Alipay redelivers, which beats a pair kept in a log line.
+    result = process_notification(
+        notification, store=rt.store, park=rt.park_for_redelivery, now=datetime.now(UTC)
+    )
+    return result.as_dict()
+
+
+_idempotent_process: Any = None
+
+
+def _process_once(params: dict[str, str]) -> tuple[NotificationResult, bool]:
+    """Process a verified notification once per (app_id, notify_id); (result, replayed).
+
+    The record is written only after verification, completed only once the change is durable,
+    and deleted by Powertools when processing raises, so Alipay's redelivery is processed.
+    """
+    global _idempotent_process  # noqa: PLW0603  (built on first use: no boto3 client at import)
+    if not params.get("notify_id"):
+        return NotificationResult.from_dict(_process(params)), False
+    if _idempotent_process is None:
+        # Its own persistence layer: Powertools configures one per decorated function.
+        persistence = DynamoDBPersistenceLayer(
+            table_name=runtime().settings.idempotency_table, boto3_client=aws.dynamodb()
+        )
+        _idempotent_process = idempotent_function(
+            data_keyword_argument="notification",
+            persistence_store=persistence,
+            config=NOTIFY_IDEMPOTENCY,
+        )(_process)
+    try:
+        data = _idempotent_process(notification=params)
+    except IdempotencyAlreadyInProgressError:
+        # The same notification is being processed right now: "fail" makes Alipay retry later.
+        raise NotificationInProgressError("this notification is being processed") from None
+    except IdempotencyValidationError:
+        logger.warning(
+            "notify_id seen before with other content: processed without de-duplication",
+            extra={"notify_id": params.get("notify_id")},
+        )
+        return NotificationResult.from_dict(_process(params)), False
+    return NotificationResult.from_dict(data), bool(data.get("replayed"))
+
+
 @app.post(NOTIFY_PATH)
 def notify() -> Response[str]:
     rt = runtime()
-    event = app.current_event
-    body = event.decoded_body or ""
+    body = _raw_body()
     try:
-        result = handle_notification(
-            body, credentials=rt.credentials(), store=rt.store, park=rt.park, now=datetime.now(UTC)
-        )
-    except SignatureError as error:
+        params = read_notification(body, credentials=rt.credentials())
+    except SignatureError as error:  # undecodable, repeated field, forged or tampered
         raise NotificationRejectedError(f"notification rejected: {error}") from None
+    result, replayed = _process_once(params)
     metrics.add_metric(name=f"Notifications_{result.kind}", unit=MetricUnit.Count, value=1)
+    if replayed:
+        metrics.add_metric(name="NotificationsReplayed", unit=MetricUnit.Count, value=1)
     logger.info(
         "Notification handled",
-        extra={"kind": result.kind, "auth_app_id": result.auth_app_id, "changed": result.changed},
+        extra={
+            "kind": result.kind,
+            "auth_app_id": result.auth_app_id,
+            "changed": result.changed and not replayed,
+            "replayed": replayed,
+        },
     )
     # Alipay stops redelivering only when the body is exactly "success".
     return Response(200, "text/plain", "success", NO_STORE)
@@ -270,6 +374,7 @@ def _count_failure(reason: str) -> None:
 @metrics.log_metrics
 def lambda_handler(event: dict[str, Any], context: LambdaContext) -> dict[str, Any]:
     IDEMPOTENCY.register_lambda_context(context)
+    NOTIFY_IDEMPOTENCY.register_lambda_context(context)
     try:
         return app.resolve(event, context)
     finally:

@@ -7,9 +7,13 @@ from __future__ import annotations
 import base64
 import copy
 import json
-from collections.abc import Callable, Mapping
+import logging
+import sys
+from collections.abc import Callable, Iterator, Mapping
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
+from types import ModuleType
 from typing import TYPE_CHECKING, Any
 from urllib.parse import parse_qsl, urlencode, urlsplit
 
@@ -209,3 +213,34 @@ def metric_values(documents: list[dict[str, Any]], name: str) -> list[tuple[dict
                 keys = [key for group in directive["Dimensions"] for key in group]
                 found.append(({key: document[key] for key in keys}, document[name]))
     return found
+
+
+def parked_messages(endpoint_url: str, queue_url: str, region: str) -> int:
+    """Messages on the parking queue, visible or in flight."""
+    sqs = boto3.client("sqs", region_name=region, endpoint_url=endpoint_url)
+    attributes = sqs.get_queue_attributes(
+        QueueUrl=queue_url,
+        AttributeNames=["ApproximateNumberOfMessages", "ApproximateNumberOfMessagesNotVisible"],
+    )["Attributes"]
+    return sum(int(value) for value in attributes.values())
+
+
+@contextmanager
+def logs_to_stdout(module: ModuleType) -> Iterator[None]:
+    """Point the handler module's Powertools log handler at the current ``sys.stdout`` (capsys'
+    during a test's call phase). The handler keeps the stream it was created with, which may be
+    an earlier test's."""
+    handlers = [
+        handler
+        for handler in logging.getLogger(module.logger.name).handlers
+        if isinstance(handler, logging.StreamHandler)
+    ]
+    assert handlers, "the Powertools logger has no stream handler"
+    previous = [handler.stream for handler in handlers]
+    for handler in handlers:
+        handler.setStream(sys.stdout)
+    try:
+        yield
+    finally:
+        for handler, stream in zip(handlers, previous, strict=True):
+            handler.setStream(sys.__stdout__ if getattr(stream, "closed", True) else stream)

@@ -10,11 +10,8 @@ from __future__ import annotations
 import html
 import importlib
 import json
-import logging
 import re
-import sys
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from types import ModuleType, SimpleNamespace
@@ -42,7 +39,9 @@ from tests.integration.callback_helpers import (
     exchanges,
     invoke,
     load_event,
+    logs_to_stdout,
     metric_values,
+    parked_messages,
     raw_values,
     redirect_event,
     scan_all,
@@ -122,13 +121,9 @@ class Callback:
         )["Item"]
         return dict(item)
 
-    def parked_messages(self) -> int:
-        sqs = boto3.client("sqs", region_name=REGION, endpoint_url=self.service.aws.endpoint_url)
-        attributes = sqs.get_queue_attributes(
-            QueueUrl=self.service.aws.stack.parked_queue_url,
-            AttributeNames=["ApproximateNumberOfMessages", "ApproximateNumberOfMessagesNotVisible"],
-        )["Attributes"]
-        return sum(int(value) for value in attributes.values())
+    def parked(self) -> int:
+        stack = self.service.aws.stack
+        return parked_messages(self.service.aws.endpoint_url, stack.parked_queue_url, REGION)
 
 
 @pytest.fixture
@@ -137,26 +132,6 @@ def cb(service: ServiceStack) -> Callback:
     # the metrics namespace when the module is first imported, as in a Lambda cold start.
     module = importlib.import_module("callback_app")
     return Callback(module=module, service=service, db=dynamodb(service.aws.endpoint_url))
-
-
-@contextmanager
-def logs_to_stdout(cb: Callback) -> Iterator[None]:
-    """Point the Powertools log handler at the current ``sys.stdout`` (capsys' during a test's call
-    phase). The handler keeps the stream it was created with, which may be an earlier test's."""
-    handlers = [
-        handler
-        for handler in logging.getLogger(cb.module.logger.name).handlers
-        if isinstance(handler, logging.StreamHandler)
-    ]
-    assert handlers, "the Powertools logger has no stream handler"
-    previous = [handler.stream for handler in handlers]
-    for handler in handlers:
-        handler.setStream(sys.stdout)
-    try:
-        yield
-    finally:
-        for handler, stream in zip(handlers, previous, strict=True):
-            handler.setStream(sys.__stdout__ if getattr(stream, "closed", True) else stream)
 
 
 def _assert_refused(
@@ -232,7 +207,7 @@ def test_full_grant_stores_the_encrypted_pair_alipay_issued(cb: Callback):
     for value in events[0].detail.values():
         assert issued.app_auth_token not in value
         assert issued.app_refresh_token not in value
-    assert cb.parked_messages() == 0
+    assert cb.parked() == 0
     # The state was consumed by this use.
     state = state_item(cb.db, cb.tokens_table, redirect["state"])
     assert state is not None
@@ -487,7 +462,7 @@ def test_timeout_after_alipay_processed_is_502_and_stores_nothing(cb: Callback):
     _assert_refused(response, 502, "Alipay did not confirm", reason="outcome_unknown")
     assert "retry-after" not in response.headers
     assert cb.merchant_items() == []
-    assert cb.parked_messages() == 0
+    assert cb.parked() == 0
     assert exchanges(cb.sim) == 1  # sent once, never resent
     assert cb.service.simulator.state.pair_count() == 1  # Alipay did issue a pair
 
@@ -502,7 +477,7 @@ def test_forged_alipay_answer_is_502_and_stores_nothing(cb: Callback, fault: str
     _assert_refused(response, 502, "Alipay's answer could not be verified")
     assert "支付宝未及时确认" in response.body
     assert cb.merchant_items() == []
-    assert cb.parked_messages() == 0
+    assert cb.parked() == 0
     issued = cb.service.simulator.state.merchant_ids()
     assert len(issued) == 1  # the pair exists at Alipay, but nothing unverified was stored
     assert cb.store.events(issued[0]) == []
@@ -816,7 +791,7 @@ def test_start_page_refuses_bad_parameters(cb: Callback):
 
 
 def test_logs_carry_no_token_code_state_or_key(cb: Callback, capsys: pytest.CaptureFixture[str]):
-    with logs_to_stdout(cb):
+    with logs_to_stdout(cb.module):
         redirect, granted = cb.grant()
         [auth_app_id] = granted["auth_app_ids"]
         refused = cb.consent()
@@ -878,7 +853,7 @@ def test_missing_private_key_is_a_500_that_names_the_parameter_only_in_the_log(
     capsys.readouterr()
     before = cb.snapshot()
 
-    with logs_to_stdout(cb):
+    with logs_to_stdout(cb.module):
         page = cb.call(redirect_event(redirect))
         as_json = cb.call(redirect_event(redirect, accept="application/json"))
 

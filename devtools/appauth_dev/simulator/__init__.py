@@ -3,7 +3,8 @@
 A real HTTP server (standard library, loopback) that speaks the v2 gateway and the v3 API for
 ``alipay.open.auth.token.app`` and ``alipay.open.auth.token.app.query`` with real signatures,
 plus the consent pages, single-use codes, refresh rotation with grace periods, a settable
-rule for superseded refresh tokens, revocation (silent or notified), per-merchant records, a
+rule for superseded refresh tokens, revocation (silent or notified), signed grant and
+cancellation notifications through an outbox with delivery faults, per-merchant records, a
 movable clock, random and targeted faults, and held requests. Every protocol rule comes from
 the signing layer.
 
@@ -14,26 +15,36 @@ Endpoints:
 - ``POST /v3/alipay/open/auth/token/app``, ``GET /v3/alipay/open/auth/token/app/query``.
 - ``GET /oauth2/appToAppAuth.htm``, ``GET /oauth2/appToAppBatchAuth.htm`` (consent pages),
   ``POST /oauth2/approve`` (the page's form: 302 to ``redirect_uri`` with ``app_id``,
-  ``app_auth_code`` and ``state``).
+  ``app_auth_code`` and ``state``). When ``grant_notifications`` is on and a ``notify_url`` is
+  set, approval issues the authorization's pair(s) at once and sends one signed
+  ``open_app_auth_notify`` per authorized app, carrying its pair, before the redirect (see
+  notifications below); the exchange of the code answers those same pairs. Otherwise the pairs
+  are issued on the exchange (nothing could observe them earlier).
 
 Control API (JSON bodies; 400 ``{"error": ...}`` on bad input, 404 for an unknown id):
 
-- ``POST /simulator/codes`` ``{"auth_app_id"?, "user_id"?, "batch_size"?}`` ->
-  ``{"app_auth_code", "auth_app_ids", "user_id", "batch", "expires_in"}``. ``batch_size``
-  (1..20) makes a batch authorization (10 min code, ``tokens[]`` only).
+- ``POST /simulator/codes`` ``{"auth_app_id"?, "user_id"?, "batch_size"?, "notify"?: false,
+  "out_biz_no"?}`` -> ``{"app_auth_code", "auth_app_ids", "user_id", "batch", "expires_in"}``.
+  ``batch_size`` (1..20) makes a batch authorization (10 min code, ``tokens[]`` only). Without
+  ``notify`` the pairs are issued on the exchange (a failed exchange leaves no merchant);
+  ``notify: true`` issues them now and sends the grant notification(s) whatever
+  ``grant_notifications`` says (``out_biz_no`` goes into its ``trigger_context``); the answer
+  then adds ``"notifications": [<outcome>, ...]``.
 - ``POST /simulator/revoke`` ``{"auth_app_id", "notify"?: false}`` ->
   ``{"auth_app_id", "revoked_pairs", "notification"}`` (404 for an unknown app): every pair of
   the app stops; query says ``invalid``. ``notify: false`` (default) cancels silently
   (``notification`` is null). ``notify: true`` builds a signed
   ``alipay.open.auth.appauth.cancelled`` message-service notification (the vectors' fields,
-  signed with the Alipay key; the layer's ``verify_notification`` accepts it) and POSTs it to
-  the behaviour's ``notify_url`` if set (form-encoded, 3 s timeout, synchronously):
-  ``notification`` = ``{"form_body", "delivered", "status", "answer", "error"}``, where
-  ``delivered`` means HTTP 200 with the body ``success``; ``status``/``answer`` are null when no
-  HTTP answer came (``error`` says why). A failed delivery is reported, never raised. Python:
+  signed with the Alipay key; the layer's ``verify_notification`` accepts it) and sends it
+  through the outbox: ``notification`` = ``<outcome>`` = ``{"id", "notify_id", "auth_app_id",
+  "form_body", "delivered", "status", "answer", "error"}``, where ``delivered`` means HTTP 200
+  with the body exactly ``success``; ``status``/``answer`` are null when no HTTP answer came
+  (``error`` says why: an exception's type, ``held in the outbox`` or ``not sent: no
+  notify_url``). A failed delivery is reported, never raised. Python:
   ``RunningSimulator.revoke(auth_app_id, notify=False)``.
-- ``POST /simulator/clock`` ``{"advance_seconds": N}`` -> ``{"now", "beijing"}``;
-  ``GET /simulator/clock`` reads it.
+- ``POST /simulator/clock`` ``{"advance_seconds": N}`` -> ``{"now", "beijing"}`` (scheduled
+  notification retries that fall due go out before it answers); ``GET /simulator/clock`` reads
+  it.
 - ``POST /simulator/behaviour`` with any of ``superseded_refresh``, ``token_grace_seconds``,
   ``refresh_grace_seconds``, ``notify_url`` (merged) -> the behaviour; ``GET`` reads it. Python:
   ``SimulatorState.set_behaviour(**changes)`` / ``.behaviour`` (:class:`Behaviour`).
@@ -44,6 +55,26 @@ Control API (JSON bodies; 400 ``{"error": ...}`` on bad input, 404 for an unknow
   the current one). After the refresh grace, and for a cancelled merchant, always refused.
   ``token_grace_seconds``: how long a superseded ``app_auth_token`` still works for API calls
   and query. Both graces default to the config's ``grace_seconds``; ``notify_url`` to null.
+  The endpoint also takes ``grant_notifications`` (a notification setting, below); the answer
+  names it only when the call did, and ``GET`` never does.
+- Notifications: every notification built goes into the outbox and is POSTed to
+  ``notify_url`` (form-encoded, 3 s timeout, synchronously, every attempt recorded).
+  ``GET /simulator/notifications`` -> ``[{"id": "n1"..., "kind": "grant"|"cancellation",
+  "notify_id", "auth_app_id", "form_body" (as delivered), "genuine_body" (as signed),
+  "tampered", "created_at", "held", "delivered", "attempts": [{"at", "status", "answer",
+  "error", "delivered"}, ...], "next_attempt_at"}, ...]`` (oldest first; raw tokens: test use
+  only); ``DELETE`` empties it -> ``{"cleared": n}``. ``GET|POST
+  /simulator/notifications/settings`` (merged; see
+  :class:`~appauth_dev.simulator.notify.NotificationSettings`): ``grant_notifications`` (true),
+  ``copies`` (1..10: each delivery round POSTs it N times), ``hold`` (false: new ones stay
+  undelivered until delivered on demand), ``tamper`` (null, ``biz_content``, ``auth_app_id``
+  or ``wrong_key``: damaged after signing, so verification fails), ``retry_schedule`` (null, or
+  seconds on the simulator clock between failed rounds; due retries go out on a clock advance
+  and from a background thread). ``POST /simulator/notifications/deliver`` ``{"order"?:
+  "oldest"|"newest", "ids"?: [...]}`` sends the held ones (``ids``: exactly those, in that
+  order); ``POST /simulator/notifications/redeliver`` (same body) retries every one not
+  delivered yet (``ids``: exactly those, even delivered ones) -> the notifications sent.
+  Python: ``RunningSimulator.outbox`` (:class:`~appauth_dev.simulator.notify.Outbox`).
 - ``GET /simulator/merchants/{auth_app_id}`` (404 if unknown; Python
   ``SimulatorState.merchant_record``) -> ``{"auth_app_id", "user_id", "status":
   "authorized"|"cancelled", "current": <pair>, "pairs": [<pair>, ...] (every pair issued, oldest
@@ -103,7 +134,7 @@ Control API (JSON bodies; 400 ``{"error": ...}`` on bad input, 404 for an unknow
   ``.release(hold_id, then=None)``. Reset and shutdown abort every held request (the
   connection is closed, nothing is processed) and end injected timeouts.
 - ``POST /simulator/reset`` clears codes, tokens, records, behaviour, faults, rules, holds,
-  statistics and the clock offset, and reseeds the random generators.
+  notifications and their settings, statistics and the clock offset, and reseeds the random generators.
 - ``GET /simulator/stats`` -> ``{"requests": {"<method>": {"<outcome>": n}}}``; outcomes are
   ``success``, ``business_error``, ``rejected``, ``invalid_signature``, ``fault_error``,
   ``rate_limited``, ``timeout``, ``corrupted``, ``http_503``.

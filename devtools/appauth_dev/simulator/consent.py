@@ -1,12 +1,16 @@
 """The merchant's consent pages (``/oauth2/appToAppAuth.htm``, ``appToAppBatchAuth.htm``).
 
-The page shows an Approve form that POSTs to ``/oauth2/approve``; approving mints a code and
-answers 302 to ``redirect_uri`` with ``app_id``, ``app_auth_code`` and ``state`` appended.
-Everything the browser sends is validated again on approve: the form is as untrusted as the URL.
+The page shows an Approve form that POSTs to ``/oauth2/approve``; approving mints a code (and,
+when a grant notification will carry them, issues the authorization's pairs) and answers 302 to
+``redirect_uri`` with ``app_id``, ``app_auth_code`` and ``state`` appended. Everything the
+browser sends is validated again on approve: the form is as untrusted as the URL.
 """
 
 from __future__ import annotations
 
+import base64
+import binascii
+import json
 from dataclasses import dataclass
 from html import escape
 from urllib.parse import urlencode, urlsplit, urlunsplit
@@ -83,17 +87,53 @@ def redirect_location(request: ConsentRequest, code: str) -> str:
     return urlunsplit((parts.scheme, parts.netloc, parts.path, query, parts.fragment))
 
 
-def approve(config: SimulatorConfig, state: SimulatorState, form: dict[str, str]) -> str:
-    """Mint a code for an approved consent form and return the redirect location."""
+@dataclass(frozen=True)
+class Approval:
+    location: str  # where the browser is redirected
+    app_auth_code: str
+    out_biz_no: str | None  # the merchant reference in the ISV's state, if it carries one
+
+
+def merchant_reference(state: str | None) -> str | None:
+    """The merchant reference (``r``) of a state in the service's ``v1.<payload>.<mac>`` form.
+
+    Read without checking the MAC (the simulator does not hold the ISV's secret); None for any
+    other state, so the grant notification then names no ``out_biz_no``.
+    """
+    if not state or state.count(".") != 2:
+        return None
+    version, body, _mac = state.split(".")
+    if version != "v1":
+        return None
+    try:
+        payload = json.loads(base64.urlsafe_b64decode(body + "=" * (-len(body) % 4)))
+    except (binascii.Error, ValueError, UnicodeDecodeError, RecursionError):
+        return None
+    reference = payload.get("r") if isinstance(payload, dict) else None
+    return reference if isinstance(reference, str) and reference else None
+
+
+def approve(
+    config: SimulatorConfig, state: SimulatorState, form: dict[str, str], *, issue: bool = False
+) -> Approval:
+    """Mint a code for an approved consent form; the redirect location and what a grant
+    notification needs. ``issue`` issues the pairs now (Alipay issues them at approval; without
+    a notification nobody can tell, so they are otherwise issued on the exchange)."""
     request = validate(config, form, batch=form.get("mode") == "batch")
     auth_app_id = form.get("auth_app_id", "").strip() or None
     if auth_app_id is not None and not (auth_app_id.isdigit() and len(auth_app_id) == 16):
         raise ConsentError("商户应用ID须为16位数字 / the merchant app id must be 16 digits")
     if request.application_types is not None:
-        minted = state.mint_code(auth_app_id, batch_size=len(request.application_types))
+        minted = state.mint_code(
+            auth_app_id, batch_size=len(request.application_types), issue=issue
+        )
     else:
-        minted = state.mint_code(auth_app_id)
-    return redirect_location(request, minted.app_auth_code)
+        minted = state.mint_code(auth_app_id, issue=issue)
+    return Approval(
+        redirect_location(request, minted.app_auth_code),
+        minted.app_auth_code,
+        merchant_reference(request.state),
+    )
 
 
 def _hidden(name: str, value: str) -> str:

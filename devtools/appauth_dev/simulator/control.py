@@ -55,7 +55,9 @@ class SimulatorControl:
     # --- authorizations and time ---------------------------------------------------------
 
     def codes(self, **kw: Any) -> dict[str, Any]:
-        """Mint an ``app_auth_code`` (``auth_app_id``, ``user_id``, ``batch_size`` optional)."""
+        """Mint an ``app_auth_code`` (``auth_app_id``, ``user_id``, ``batch_size`` optional;
+        ``notify=True`` issues the pairs now and sends the grant notification(s), with the
+        optional ``out_biz_no``)."""
         minted: dict[str, Any] = self._call("POST", "codes", kw)
         return minted
 
@@ -132,6 +134,47 @@ class SimulatorControl:
         released: dict[str, Any] = self._call("POST", f"holds/{hold_id}/release", {"then": then})
         return released
 
+    # --- notifications ------------------------------------------------------------------
+
+    def notifications(self) -> list[dict[str, Any]]:
+        """Every notification in the outbox (oldest first), with its attempts."""
+        listing: list[dict[str, Any]] = self._call("GET", "notifications")
+        return listing
+
+    def notification_settings(self, **kw: Any) -> dict[str, Any]:
+        """Merge ``kw`` into the notification settings (none: read them); the settings."""
+        settings: dict[str, Any] = (
+            self._call("POST", "notifications/settings", kw)
+            if kw
+            else self._call("GET", "notifications/settings")
+        )
+        return settings
+
+    def deliver_notifications(
+        self, ids: list[str] | None = None, order: str = "oldest"
+    ) -> list[dict[str, Any]]:
+        """Send the held notifications, ``oldest`` or ``newest`` first (``ids``: exactly those,
+        in that order); the notifications sent, with their attempts."""
+        sent: list[dict[str, Any]] = self._call(
+            "POST", "notifications/deliver", _sending(ids, order)
+        )
+        return sent
+
+    def redeliver_notifications(
+        self, ids: list[str] | None = None, order: str = "oldest"
+    ) -> list[dict[str, Any]]:
+        """Retry every notification not delivered yet (``ids``: exactly those, delivered or
+        not); the notifications sent, with their attempts."""
+        sent: list[dict[str, Any]] = self._call(
+            "POST", "notifications/redeliver", _sending(ids, order)
+        )
+        return sent
+
+    def clear_notifications(self) -> int:
+        """Empty the outbox; how many notifications it held."""
+        cleared: int = self._call("DELETE", "notifications")["cleared"]
+        return cleared
+
     # --- the rest ------------------------------------------------------------------------
 
     def stats(self) -> dict[str, Any]:
@@ -140,8 +183,16 @@ class SimulatorControl:
         return stats
 
     def reset(self) -> None:
-        """Back to a fresh simulator (state, behaviour, faults, rules, holds, stats, clock)."""
+        """Back to a fresh simulator (state, behaviour, faults, rules, holds, notifications,
+        stats, clock)."""
         self._call("POST", "reset")
+
+
+def _sending(ids: list[str] | None, order: str) -> dict[str, Any]:
+    body: dict[str, Any] = {"order": order}
+    if ids is not None:
+        body["ids"] = ids
+    return body
 
 
 def _message(response: requests.Response) -> str:

@@ -52,42 +52,27 @@ class SimulatorServer(ThreadingHTTPServer):
         self.state = SimulatorState(grace_seconds=config.grace_seconds, seed=config.seed)
         self.faults = FaultInjector(config.seed, clock=self.state.clock.now)
         self.stats = Stats()
+        self.outbox = notifications.Outbox(config, self.state)
         super().__init__(address, Handler)
 
     def reset(self) -> None:
         # Faults first: held requests and injected timeouts end before the state is cleared.
         self.faults.reset()
+        self.outbox.reset()
         self.state.reset()
         self.stats.reset()
 
     def revoke(self, auth_app_id: str, *, notify: bool = False) -> dict[str, Any]:
         """The merchant cancels (KeyError for an unknown app), silently or with a notification."""
         count = self.state.revoke(auth_app_id)
-        notification = self.notify_cancelled(auth_app_id) if notify else None
+        notification = self.outbox.post_cancellation(auth_app_id) if notify else None
         return {"auth_app_id": auth_app_id, "revoked_pairs": count, "notification": notification}
 
-    def notify_cancelled(self, auth_app_id: str) -> dict[str, Any]:
-        """Build the signed cancellation notification and POST it to the behaviour's notify_url."""
-        now = self.state.clock.now()
-        form_body = notifications.cancelled_form(
-            self.config,
-            auth_app_id=auth_app_id,
-            user_id=self.state.user_of(auth_app_id) or "",
-            notify_id=self.state.new_notify_id(now),
-            now=now,
-        )
-        url = self.state.behaviour.notify_url
-        if url is None:
-            delivery = notifications.Delivery(False, None, None, "not sent: no notify_url")
-        else:
-            delivery = notifications.deliver(url, form_body)
-            # The body is signed and names the merchant: log the outcome only.
-            logger.info(
-                "cancellation notification: delivered=%s status=%s",
-                delivery.delivered,
-                delivery.status,
-            )
-        return {"form_body": form_body, **delivery.as_dict()}
+    def notify_grant(
+        self, app_auth_code: str, out_biz_no: str | None = None
+    ) -> list[dict[str, Any]]:
+        """Send the grant notification(s) of a code whose pairs are issued, whatever the knob."""
+        return self.outbox.post_grant(app_auth_code, out_biz_no=out_biz_no)
 
 
 def _html_reply(status: int, html: str) -> Reply:
@@ -387,16 +372,18 @@ class Handler(BaseHTTPRequestHandler):
 
     def _approve(self, body: bytes) -> None:
         srv = self.server
-        self._consent(
-            lambda: Reply(
-                302,
-                b"",
-                {
-                    "Location": consent.approve(srv.config, srv.state, parse_form(body)),
-                    "Cache-Control": "no-store",
-                },
+
+        def approved() -> Reply:
+            notify = bool(
+                srv.outbox.settings.grant_notifications and srv.state.behaviour.notify_url
             )
-        )
+            approval = consent.approve(srv.config, srv.state, parse_form(body), issue=notify)
+            # Sent before the redirect goes out (hold it to see the other order).
+            if notify:
+                srv.notify_grant(approval.app_auth_code, approval.out_biz_no)
+            return Reply(302, b"", {"Location": approval.location, "Cache-Control": "no-store"})
+
+        self._consent(approved)
 
     def _consent(self, render: Callable[[], Reply]) -> None:
         """Answer a consent request; bad input gets the bilingual error page, never a crash."""
@@ -416,6 +403,8 @@ class Handler(BaseHTTPRequestHandler):
         srv = self.server
         name = path.removeprefix("/simulator/")
         try:
+            if name == "notifications" or name.startswith("notifications/"):
+                return _notifications(srv, self.command, name, body)
             if self.command == "GET":
                 if name.startswith("merchants/"):
                     return _merchant(srv, name.removeprefix("merchants/"))
@@ -468,26 +457,47 @@ def _not_found(srv: SimulatorServer, data: dict[str, Any]) -> Reply:
     return _json_reply(404, {"error": "not found"})
 
 
+MAX_OUT_BIZ_NO = 64
+
+
 def _codes(srv: SimulatorServer, data: dict[str, Any]) -> Reply:
     batch_size = data.get("batch_size")
     if batch_size is not None and (isinstance(batch_size, bool) or not isinstance(batch_size, int)):
         raise _BadRequestError("'batch_size' must be an integer")
+    notify = data.get("notify", False)
+    if not isinstance(notify, bool):
+        raise _BadRequestError("'notify' must be true or false")
+    out_biz_no = data.get("out_biz_no")
+    if out_biz_no is not None:
+        if not notify:
+            raise _BadRequestError("'out_biz_no' goes with 'notify': true")
+        if (
+            not isinstance(out_biz_no, str)
+            or not 1 <= len(out_biz_no) <= MAX_OUT_BIZ_NO
+            or not out_biz_no.isprintable()
+        ):
+            raise _BadRequestError(
+                f"'out_biz_no' must be 1 to {MAX_OUT_BIZ_NO} printable characters"
+            )
     try:
         minted = srv.state.mint_code(
-            _optional_str(data, "auth_app_id"), _optional_str(data, "user_id"), batch_size
+            _optional_str(data, "auth_app_id"),
+            _optional_str(data, "user_id"),
+            batch_size,
+            issue=notify,
         )
     except ValueError as error:
         raise _BadRequestError(str(error)) from None
-    return _json_reply(
-        200,
-        {
-            "app_auth_code": minted.app_auth_code,
-            "auth_app_ids": minted.auth_app_ids,
-            "user_id": minted.user_id,
-            "batch": minted.batch,
-            "expires_in": minted.expires_in,
-        },
-    )
+    answer: dict[str, Any] = {
+        "app_auth_code": minted.app_auth_code,
+        "auth_app_ids": minted.auth_app_ids,
+        "user_id": minted.user_id,
+        "batch": minted.batch,
+        "expires_in": minted.expires_in,
+    }
+    if notify:
+        answer["notifications"] = srv.notify_grant(minted.app_auth_code, out_biz_no)
+    return _json_reply(200, answer)
 
 
 def _revoke(srv: SimulatorServer, data: dict[str, Any]) -> Reply:
@@ -512,6 +522,8 @@ def _advance_clock(srv: SimulatorServer, data: dict[str, Any]) -> Reply:
     ):
         raise _BadRequestError("'advance_seconds' must be a number of seconds, 0 to 10 years")
     srv.state.clock.advance(seconds)
+    # Scheduled notification retries that fell due go out before the answer.
+    srv.outbox.deliver_due()
     return _json_reply(200, _clock(srv))
 
 
@@ -529,11 +541,61 @@ def _set_faults(srv: SimulatorServer, data: dict[str, Any]) -> Reply:
     return _json_reply(200, faults.as_dict())
 
 
+# Notification settings the behaviour endpoint also takes (answered back only when named).
+BEHAVIOUR_NOTIFICATION_KNOBS = ("grant_notifications",)
+
+
 def _set_behaviour(srv: SimulatorServer, data: dict[str, Any]) -> Reply:
+    knobs = {name: data[name] for name in BEHAVIOUR_NOTIFICATION_KNOBS if name in data}
+    changes = {name: value for name, value in data.items() if name not in knobs}
     try:
-        return _json_reply(200, srv.state.set_behaviour(**data).as_dict())
+        # Both checked before either changes: a refused call changes nothing.
+        srv.outbox.settings.updated(knobs)
+        srv.state.behaviour.updated(changes)
+        behaviour = srv.state.set_behaviour(**changes).as_dict()
+        settings = srv.outbox.update(knobs).as_dict()
     except ValueError as error:
         raise _BadRequestError(str(error)) from None
+    return _json_reply(200, {**behaviour, **{name: settings[name] for name in knobs}})
+
+
+def _ids(data: dict[str, Any]) -> list[str] | None:
+    ids = data.get("ids")
+    if ids is None:
+        return None
+    if not isinstance(ids, list) or not all(isinstance(one, str) for one in ids):
+        raise _BadRequestError("'ids' must be a list of notification ids")
+    return ids
+
+
+def _notifications(srv: SimulatorServer, command: str, name: str, body: bytes) -> Reply:
+    """``/simulator/notifications[/settings|/deliver|/redeliver]``."""
+    outbox = srv.outbox
+    if name == "notifications":
+        if command == "GET":
+            return _json_reply(200, outbox.listing())
+        if command == "DELETE":
+            return _json_reply(200, {"cleared": outbox.clear()})
+        return _json_reply(405, {"error": "use GET or DELETE"})
+    if name == "notifications/settings" and command == "GET":
+        return _json_reply(200, outbox.settings.as_dict())
+    sends = {"notifications/deliver": outbox.deliver, "notifications/redeliver": outbox.redeliver}
+    if name != "notifications/settings" and name not in sends:
+        return _json_reply(404, {"error": "not found"})
+    if command != "POST":
+        return _json_reply(405, {"error": "use POST"})
+    data = _json_body(body)
+    try:
+        if name == "notifications/settings":
+            return _json_reply(200, outbox.update(data).as_dict())
+        unknown = set(data) - {"ids", "order"}
+        if unknown:
+            raise _BadRequestError(f"unknown field '{sorted(unknown)[0]}'")
+        return _json_reply(200, sends[name](_ids(data), str(data.get("order", "oldest"))))
+    except ValueError as error:
+        raise _BadRequestError(str(error)) from None
+    except KeyError:
+        return _json_reply(404, {"error": "no such notification"})
 
 
 def _add_rule(srv: SimulatorServer, data: dict[str, Any]) -> Reply:
@@ -643,9 +705,13 @@ class RunningSimulator:
     def stats(self) -> Stats:
         return self._server.stats
 
+    @property
+    def outbox(self) -> notifications.Outbox:
+        return self._server.outbox
+
     def reset(self) -> None:
-        """Clear state, behaviour, faults, rules, holds, statistics and the clock offset (same as
-        POST /simulator/reset)."""
+        """Clear state, behaviour, faults, rules, holds, notifications, statistics and the clock
+        offset (same as POST /simulator/reset)."""
         self._server.reset()
 
     def revoke(self, auth_app_id: str, notify: bool = False) -> dict[str, Any]:
@@ -655,6 +721,7 @@ class RunningSimulator:
     def shutdown(self) -> None:
         # Held requests and injected timeouts end first, so no handler thread hangs.
         self._server.faults.release_all()
+        self._server.outbox.stop()
         self._server.shutdown()
         self._server.server_close()
         self._thread.join(timeout=5)

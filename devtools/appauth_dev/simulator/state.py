@@ -6,6 +6,11 @@ Protocol-agnostic: the v2 gateway and the v3 API both call :meth:`SimulatorState
 Rules (chosen to be at least as strict as Alipay, so a client that passes here is safe there):
 
 - A code is single use; it expires after 24 h (single) or 10 min (batch), by the simulator clock.
+- Alipay issues one pair per authorization. A code minted with ``issue=True`` (an approval or a
+  code whose grant notification is sent) issues its pairs at once, so the notification can
+  carry them and they work before any exchange; exchanging that code answers those same pairs.
+  A code minted without it issues them on its exchange (nothing could observe them before, and
+  a failed exchange leaves no merchant and no pair).
 - Each merchant app (``auth_app_id``) has one current pair. A refresh, or a new authorization of
   the same app, issues a new pair; the previous token keeps working for the behaviour's
   ``token_grace_seconds``, then stops (it is then unknown, as if Alipay had deleted it).
@@ -131,6 +136,9 @@ class _Code:
     batch: bool
     expires_at: float
     used: bool = False
+    # The pairs of this authorization once issued (at approval, or at the exchange).
+    pairs: list[TokenPair] | None = None
+    issued_at: float | None = None
 
 
 @dataclass
@@ -157,7 +165,7 @@ class Behaviour:
     - ``token_grace_seconds``: how long a superseded ``app_auth_token`` keeps working for API
       calls and query. ``refresh_grace_seconds``: the window above. Both default to the config's
       ``grace_seconds``.
-    - ``notify_url``: where cancellation notifications are POSTed (``None``: nowhere).
+    - ``notify_url``: where notifications (grant and cancellation) are POSTed (``None``: nowhere).
     """
 
     superseded_refresh: str = "refuse"
@@ -316,10 +324,14 @@ class SimulatorState:
         auth_app_id: str | None = None,
         user_id: str | None = None,
         batch_size: int | None = None,
+        *,
+        issue: bool = False,
     ) -> MintedCode:
         """Mint an ``app_auth_code`` as if the merchant had approved the consent page.
 
         ``batch_size`` set (even to 1) makes a batch authorization: ``tokens[]`` only, 10 min code.
+        ``issue`` issues the authorization's pairs now (see :meth:`issued_pairs`) instead of on
+        the exchange.
         """
         batch = batch_size is not None
         count = batch_size if batch_size is not None else 1
@@ -333,8 +345,28 @@ class SimulatorState:
             app_ids = [first] + [self.new_app_id() for _ in range(count - 1)]
             ttl = BATCH_CODE_TTL if batch else SINGLE_CODE_TTL
             code = self._hex(29) + "F" + self._digits(2)
-            self._codes[code] = _Code(app_ids, user, batch, now + ttl)
+            record = _Code(app_ids, user, batch, now + ttl)
+            self._codes[code] = record
+            if issue:
+                self._issue_code(record, now)
             return MintedCode(code, list(app_ids), user, batch, ttl)
+
+    def _issue_code(self, record: _Code, now: float) -> list[TokenPair]:
+        if record.pairs is None:
+            record.pairs = [
+                self._issue(app_id, record.user_id, now, "authorization_code")
+                for app_id in record.auth_app_ids
+            ]
+            record.issued_at = now
+        return record.pairs
+
+    def issued_pairs(self, code: str) -> tuple[list[TokenPair], float] | None:
+        """Copies of the pairs a code's authorization issued and when; None if not issued yet."""
+        with self._lock:
+            record = self._codes.get(code)
+            if record is None or record.pairs is None or record.issued_at is None:
+                return None
+            return [replace(p) for p in record.pairs], record.issued_at
 
     # --- token operations --------------------------------------------------------------------
 
@@ -371,11 +403,12 @@ class SimulatorState:
             record = self._codes.get(code)
             if record is None or record.used or now >= record.expires_at:
                 raise StateError(ErrorKind.CODE_INVALID, "code")
+            if record.pairs is not None and any(p.revoked for p in record.pairs):
+                # The merchant cancelled the authorization this code stands for.
+                raise StateError(ErrorKind.CODE_INVALID, "code")
             record.used = True
-            pairs = [
-                self._issue(app_id, record.user_id, now, "authorization_code")
-                for app_id in record.auth_app_ids
-            ]
+            # One pair per authorization: the pairs issued at approval, if they were.
+            pairs = self._issue_code(record, now)
             for app_id in record.auth_app_ids:
                 self._merchants[app_id].exchanges += 1
             return [replace(p) for p in pairs], record.batch

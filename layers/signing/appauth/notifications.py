@@ -6,9 +6,11 @@
 - ``msg_method=alipay.open.auth.appauth.cancelled``: the merchant cancelled; the authorization
   becomes ``revoked`` unless it was re-authorized after the cancellation.
 
-Everything is verified (signature, then ``app_id``) before anything changes. Redelivery is
-harmless: an older or identical pair is not written over a newer one, and revoking twice is a
-no-op.
+Everything is decoded (the form in its own ``charset``: utf-8, gbk, gb2312 or gb18030) and
+verified (signature, then ``app_id``) by :func:`read_notification` before anything changes;
+:func:`process_notification` then applies it. Redelivery is harmless: the callback function
+answers a ``notify_id`` it already processed from its idempotency record, an older or identical
+pair is not written over a newer one, and revoking twice is a no-op.
 """
 
 from __future__ import annotations
@@ -39,6 +41,19 @@ class NotificationResult:
     auth_app_id: str | None
     changed: bool
 
+    def as_dict(self) -> dict[str, Any]:
+        """JSON-safe (an idempotency record keeps it): no token, no code."""
+        return {"kind": self.kind, "auth_app_id": self.auth_app_id, "changed": self.changed}
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> NotificationResult:
+        auth_app_id = data.get("auth_app_id")
+        return cls(
+            kind=str(data["kind"]),
+            auth_app_id=None if auth_app_id is None else str(auth_app_id),
+            changed=bool(data.get("changed")),
+        )
+
 
 def _biz_content(params: Mapping[str, str]) -> dict[str, Any]:
     try:
@@ -64,20 +79,27 @@ def _beijing(value: str | None) -> datetime | None:
         return None
 
 
-def handle_notification(
-    body: str | bytes,
-    *,
-    credentials: AppCredentials,
-    store: TokenStore,
-    park: Parker,
-    now: datetime,
-) -> NotificationResult:
+def read_notification(body: bytes | str, *, credentials: AppCredentials) -> dict[str, str]:
+    """Decode and verify a notification: its form in its own charset, the signature, then the
+    ``app_id``. Nothing is trusted (or recorded) before this returns.
+
+    Raises InvalidRequestError (too large), SignatureError (undecodable, repeated field, forged
+    or tampered; FormDecodeError for the first two) or WrongAppError.
+    """
     if len(body) > MAX_NOTIFICATION_BYTES:
         raise InvalidRequestError("notification body is too large")
     params = parse_form(body)
     verify_notification(params, credentials)
     if params.get("app_id") != credentials.app_id:
         raise WrongAppError("the notification is for another app")
+    return params
+
+
+def process_notification(
+    params: Mapping[str, str], *, store: TokenStore, park: Parker, now: datetime
+) -> NotificationResult:
+    """Apply a notification :func:`read_notification` verified. Returns once the change is
+    durable (stored, or parked); raises otherwise, so Alipay's redelivery is processed."""
     content = _biz_content(params)
     if params.get("notify_type") == AUTH_NOTIFY_TYPE:
         return _granted(content, store, park, params.get("notify_time"))
@@ -91,6 +113,19 @@ def handle_notification(
         )
         return NotificationResult("cancelled", auth_app_id, changed)
     return NotificationResult("ignored", None, False)
+
+
+def handle_notification(
+    body: bytes | str,
+    *,
+    credentials: AppCredentials,
+    store: TokenStore,
+    park: Parker,
+    now: datetime,
+) -> NotificationResult:
+    """:func:`read_notification` then :func:`process_notification` (no de-duplication)."""
+    params = read_notification(body, credentials=credentials)
+    return process_notification(params, store=store, park=park, now=now)
 
 
 def _granted(

@@ -43,6 +43,7 @@ class Kept(StrEnum):
     PARKED = "parked"
     LAST_RESORT = "logged_last_resort"
     LOST = "lost"
+    LEFT_WITH_SENDER = "left_with_sender"  # not kept here: the sender redelivers it
 
 
 class ParkedMessageError(AppAuthError):
@@ -96,7 +97,10 @@ class GrantSink:
         source: str,
         reason: str,
         merchant_ref: str | None = None,
+        last_resort: bool = True,
     ) -> Kept:
+        """The queue, then (``last_resort``) the sealed pair in one log line. Without it a pair
+        the queue refuses is ``LEFT_WITH_SENDER``: for a sender that redelivers (a notification)."""
         if sealed is None:
             sealed = self._try_seal(grant)
         body = parked_message(
@@ -115,6 +119,8 @@ class GrantSink:
                 extra={"auth_app_id": grant.auth_app_id, "reason": reason},
             )
             return Kept.PARKED
+        if not last_resort:
+            return Kept.LEFT_WITH_SENDER
         if sealed is None:
             # KMS, DynamoDB and SQS all refused: there is nowhere to put it but plaintext in a
             # log, which we never do. Counted as lost (alarmed).

@@ -350,10 +350,27 @@ class Refresher:
 
     def verify_one(self, auth_app_id: str, version: int | None, report: RefreshReport) -> None:
         """Ask Alipay about one granted merchant (see the module docstring, "Verify")."""
-        if version is None or self.time_left() < self.budget.reserve:
-            # The check may turn into a rotation: it needs the time an answer needs.
-            report.add(auth_app_id, Outcome.STOPPED_EARLY)
+        if version is None:
+            report.add(auth_app_id, Outcome.NOT_FOUND)
             return
+        # The check may turn into a rotation: it needs the time an answer needs.
+        lease = self._lease(auth_app_id, version, report)
+        if lease is None:
+            return
+        resent: list[bool] = []
+        if lease.needs_reconcile:
+            # A refresh died or its answer was lost: reconciling is what this merchant needs.
+            outcome = self._rotate(lease, resent)
+            report.add(auth_app_id, outcome, reconciled=outcome != Outcome.OUTCOME_UNKNOWN)
+            return
+        report.add(auth_app_id, self._verify(lease, resent))
+
+    def _lease(self, auth_app_id: str, version: int, report: RefreshReport) -> Lease | None:
+        """The merchant claimed for this run, if the run still has the time an answer needs and
+        nobody else holds it (reported otherwise)."""
+        if self.time_left() < self.budget.reserve:
+            report.add(auth_app_id, Outcome.STOPPED_EARLY)
+            return None
         lease = self.store.acquire_lease(
             auth_app_id,
             version=version,
@@ -363,14 +380,7 @@ class Refresher:
         )
         if lease is None:
             report.add(auth_app_id, Outcome.SKIPPED_LEASED)
-            return
-        resent: list[bool] = []
-        if lease.needs_reconcile:
-            # A refresh died or its answer was lost: reconciling is what this merchant needs.
-            outcome = self._rotate(lease, resent)
-            report.add(auth_app_id, outcome, reconciled=outcome != Outcome.OUTCOME_UNKNOWN)
-            return
-        report.add(auth_app_id, self._verify(lease, resent))
+        return lease
 
     def _verify(self, lease: Lease, resent: list[bool]) -> Outcome:
         try:
@@ -431,18 +441,8 @@ class Refresher:
                 report.add(auth_app_id, Outcome.NOT_GRANTED)
                 return
             version = stored.version
-        if self.time_left() < self.budget.reserve:
-            report.add(auth_app_id, Outcome.STOPPED_EARLY)
-            return
-        lease = self.store.acquire_lease(
-            auth_app_id,
-            version=version,
-            now=self.clock(),
-            seconds=self.lease_seconds,
-            owner=self.owner,
-        )
+        lease = self._lease(auth_app_id, version, report)
         if lease is None:
-            report.add(auth_app_id, Outcome.SKIPPED_LEASED)
             return
         resent: list[bool] = []  # set when this run reconciles a lost answer right away
         reconciling = lease.needs_reconcile

@@ -150,12 +150,36 @@ class Runtime:
     def park(
         self, grants: Sequence[TokenGrant], *, source: str, reason: str, merchant_ref: str | None
     ) -> None:
-        """The callback's and notifications' fallback when the store refuses a pair."""
+        """The callback's fallback when the store refuses a pair: the queue, else the
+        last-resort log line (the merchant's redirect is not sent twice)."""
+        self._park(grants, source=source, reason=reason, merchant_ref=merchant_ref)
+
+    def park_for_redelivery(
+        self, grants: Sequence[TokenGrant], *, source: str, reason: str, merchant_ref: str | None
+    ) -> None:
+        """The notifications' fallback: the queue only. Alipay redelivers a notification that
+        was not answered "success", which beats a pair kept in a log line."""
+        self._park(grants, source=source, reason=reason, merchant_ref=merchant_ref, strict=True)
+
+    def _park(
+        self,
+        grants: Sequence[TokenGrant],
+        *,
+        source: str,
+        reason: str,
+        merchant_ref: str | None,
+        strict: bool = False,
+    ) -> None:
         for grant in grants:
             kept = self.sink.keep(
-                grant, None, source=source, reason=reason, merchant_ref=merchant_ref
+                grant,
+                None,
+                source=source,
+                reason=reason,
+                merchant_ref=merchant_ref,
+                last_resort=not strict,
             )
-            if kept is Kept.LOST:
+            if kept is Kept.LOST or (strict and kept is not Kept.PARKED):
                 raise PairNotKeptError(f"merchant app {grant.auth_app_id}: pair not kept")
 
 

@@ -15,7 +15,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta, timezone
 from typing import Any
-from urllib.parse import parse_qsl, urlencode
+from urllib.parse import unquote_to_bytes, urlencode
 
 from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives import hashes
@@ -69,12 +69,14 @@ def rsa_sign(content: str, key: rsa.RSAPrivateKey, sign_type: str = "RSA2") -> s
 
 
 def rsa_verify(
-    content: str, signature: str, key: rsa.RSAPublicKey, sign_type: str = "RSA2"
+    content: str | bytes, signature: str, key: rsa.RSAPublicKey, sign_type: str = "RSA2"
 ) -> bool:
-    """True when ``signature`` (standard base64) is valid for ``content``; never raises."""
+    """True when ``signature`` (standard base64) is valid for ``content`` (text is signed as
+    UTF-8; bytes as given, e.g. a GBK notification's); never raises."""
+    data = content.encode("utf-8") if isinstance(content, str) else content
     try:
         raw = base64.b64decode("".join(signature.split()), validate=True)
-        key.verify(raw, content.encode("utf-8"), padding.PKCS1v15(), _HASHES[sign_type]())
+        key.verify(raw, data, padding.PKCS1v15(), _HASHES[sign_type]())
     except (InvalidSignature, binascii.Error, ValueError, KeyError):
         return False
     return True
@@ -336,28 +338,96 @@ def _parse_object(text: str) -> dict[str, Any]:
 # --- notifications -------------------------------------------------------------------------
 
 
-def parse_form(body: str | bytes) -> dict[str, str]:
-    """Decode an ``application/x-www-form-urlencoded`` body exactly once.
+# The charsets a notification may declare (Alipay sends the ISV's configured one; GBK is
+# common), by lower-cased name: the Python codec that decodes the form and encodes what is signed.
+FORM_CHARSETS = {"utf-8": "utf-8", "gbk": "gbk", "gb2312": "gb2312", "gb18030": "gb18030"}
+DEFAULT_FORM_CHARSET = "utf-8"
 
-    A repeated key is refused: which copy was signed would be ambiguous.
+
+class FormDecodeError(SignatureError):
+    """The form cannot be decoded unambiguously (bytes invalid in its charset, an unknown charset,
+    a repeated field): nothing of it is used."""
+
+
+def _unquote_plus(raw: bytes) -> bytes:
+    """One round of form decoding, on bytes: ``+`` is a space, ``%XY`` a byte (as parse_qsl)."""
+    return unquote_to_bytes(raw.replace(b"+", b" "))
+
+
+def form_codec(charset: str | None) -> str:
+    """The codec of a form's declared ``charset`` (absent: UTF-8); FormDecodeError if unknown."""
+    if charset is None:
+        return DEFAULT_FORM_CHARSET
+    codec = FORM_CHARSETS.get(charset.lower())
+    if codec is None:
+        shown = charset[:32].encode("ascii", "backslashreplace").decode("ascii")
+        raise FormDecodeError(f"the form's charset {shown!r} is not supported")
+    return codec
+
+
+def parse_form(body: str | bytes) -> dict[str, str]:
+    """Decode an ``application/x-www-form-urlencoded`` body exactly once, in its own charset.
+
+    The body is split and percent-decoded as bytes; the ``charset`` field (ASCII, so readable
+    before anything is decoded) names the encoding of every key and value: utf-8, gbk, gb2312 or
+    gb18030, case-insensitively; UTF-8 when there is none. Bytes invalid in that charset, an
+    unknown charset or a repeated key (which copy was signed would be ambiguous) raise
+    FormDecodeError. ``str`` is taken as UTF-8 text; a non-ASCII one must declare UTF-8 (give
+    the raw bytes for any other charset).
     """
+    if isinstance(body, str):
+        try:
+            raw = body.encode("utf-8")
+        except UnicodeEncodeError:
+            raise FormDecodeError("the form is not valid text") from None
+    else:
+        raw = bytes(body)
+    fields = _form_fields(raw)
+    declared = fields.get(b"charset")
     try:
-        text = body.decode("utf-8") if isinstance(body, bytes) else body
-        pairs = parse_qsl(text, keep_blank_values=True, encoding="utf-8", errors="strict")
-    except (UnicodeDecodeError, ValueError):
-        raise SignatureError("the form is not UTF-8 url-encoded text") from None
+        codec = form_codec(None if declared is None else declared.decode("ascii"))
+    except UnicodeDecodeError:
+        raise FormDecodeError("the form's charset is not ASCII") from None
+    if isinstance(body, str) and codec != "utf-8" and not body.isascii():
+        raise FormDecodeError(f"a {codec} form must be given as bytes, not decoded text")
     params: dict[str, str] = {}
-    for key, value in pairs:
-        if key in params:
-            raise SignatureError(f"the form repeats the field '{key}'")
-        params[key] = value
+    try:
+        for key, value in fields.items():
+            text = key.decode(codec)
+            if text in params:
+                raise FormDecodeError(f"the form repeats the field {_shown(key)!r}")
+            params[text] = value.decode(codec)
+    except UnicodeDecodeError:
+        raise FormDecodeError(f"the form is not valid url-encoded {codec} text") from None
     return params
+
+
+def _form_fields(raw: bytes) -> dict[bytes, bytes]:
+    """Split and percent-decode (once) on bytes; a repeated key is refused."""
+    fields: dict[bytes, bytes] = {}
+    for part in raw.split(b"&"):
+        if not part:
+            continue
+        name, _, value = part.partition(b"=")
+        key = _unquote_plus(name)
+        if key in fields:
+            raise FormDecodeError(f"the form repeats the field {_shown(key)!r}")
+        fields[key] = _unquote_plus(value)
+    return fields
+
+
+def _shown(key: bytes) -> str:
+    """A field name for a message: ASCII only, bounded."""
+    return key[:40].decode("ascii", "backslashreplace")
 
 
 def verify_notification(params: Mapping[str, str], credentials: AppCredentials) -> None:
     """Verify an asynchronous notification's ``sign``; raise SignatureError if it does not hold.
 
     Both rules seen in the wild are tried: ``sign_type`` kept in the signed content, then left out.
+    The content is built from the decoded values and signed in the form's own ``charset`` (the
+    bytes Alipay signs: ``content.getBytes(charset)``), so a GBK notification verifies over its
+    GBK bytes; for UTF-8 that is the usual rule.
     """
     signature = params.get("sign")
     if not signature:
@@ -366,8 +436,13 @@ def verify_notification(params: Mapping[str, str], credentials: AppCredentials) 
     if params.get("sign_type", sign_type) != sign_type:
         # Never let the sender pick a weaker algorithm than the one configured.
         raise SignatureError(f"the notification's sign_type is not the configured {sign_type}")
+    codec = form_codec(params.get("charset"))
     key = credentials.alipay_key(params.get("alipay_cert_sn"))
     for exclude in (("sign",), ("sign", "sign_type")):
-        if rsa_verify(sign_content(params, exclude=exclude), signature, key, sign_type):
+        try:
+            content = sign_content(params, exclude=exclude).encode(codec)
+        except UnicodeEncodeError:
+            raise FormDecodeError(f"the notification is not {codec} text") from None
+        if rsa_verify(content, signature, key, sign_type):
             return
     raise SignatureError("the notification's signature does not verify with the Alipay public key")
