@@ -612,3 +612,31 @@ Resources:
     }
     assert template["Conditions"]["NotProd"] == {"Fn::Not": [{"Condition": "IsProd"}]}
     assert props["E"] == {"Fn::FindInMap": ["M", {"Ref": "Env"}, "k"]}
+
+
+def test_only_the_named_caller_roles_may_invoke_the_token_query():
+    """One resource-based permission per role in TokenQueryCallerArns; no wildcard, no default."""
+    parameter = TEMPLATE["Parameters"]["TokenQueryCallerArns"]
+    assert parameter["Type"] == "CommaDelimitedList"
+    assert "Default" not in parameter  # a deployer must name the callers
+    assert "AWS::LanguageExtensions" in TEMPLATE["Transform"]
+    loops = {k: v for k, v in TEMPLATE["Resources"].items() if k.startswith("Fn::ForEach::")}
+    assert list(loops) == ["Fn::ForEach::TokenQueryCallers"]
+    variable, collection, body = loops["Fn::ForEach::TokenQueryCallers"]
+    assert collection == {"Ref": "TokenQueryCallerArns"}
+    ((logical_id, permission),) = body.items()
+    assert logical_id == f"TokenQueryInvokedBy&{{{variable}}}"
+    assert permission["Type"] == "AWS::Lambda::Permission"
+    assert permission["Properties"] == {
+        "FunctionName": {"Fn::GetAtt": ["TokenQueryFunction", "Arn"]},
+        "Action": "lambda:InvokeFunction",
+        "Principal": {"Ref": variable},
+    }
+    # Nothing else grants an invoke: no other permission, no HTTP route to the token query.
+    others = [
+        logical_id
+        for logical_id, resource in plain_resources(TEMPLATE).items()
+        if resource["Type"] == "AWS::Lambda::Permission"
+    ]
+    assert others == []
+    assert "Events" not in TEMPLATE["Resources"]["TokenQueryFunction"]["Properties"]

@@ -585,16 +585,25 @@ def test_aws_out_of_reach_is_retryable(service: ServiceStack, ctl: SimulatorCont
 
 
 @pytest.mark.usefixtures("clock")
-def test_ssm_failing_makes_describe_unavailable_not_a_crash(
-    service: ServiceStack, ctl: SimulatorControl
+@pytest.mark.parametrize(
+    ("error", "code", "retryable"),
+    [
+        ("ThrottlingException", "unavailable", True),
+        ("InternalServerError", "unavailable", True),
+        ("AccessDeniedException", "misconfigured", False),
+    ],
+)
+def test_ssm_failing_is_an_answer_and_a_look_up_does_not_need_it(
+    service: ServiceStack, ctl: SimulatorControl, error: str, code: str, retryable: bool
 ):
     grant = authorize(ctl)
     reset_runtime()  # a cold container: the secrets are read from SSM on first use
     faulty = inject("ssm")
-    faulty.fail_always("get_parameter", client_error("ThrottlingException", "GetParameter"))
+    faulty.fail_always("get_parameter", client_error(error, "GetParameter"))
     answer = invoke({"action": "describe", "auth_app_id": grant.auth_app_id})
+    assert faulty.fired >= 1
     assert answer["ok"] is False
-    assert answer["error"]["code"] in ("unavailable", "misconfigured")
+    assert (answer["error"]["code"], answer["error"]["retryable"]) == (code, retryable)
     assert "Traceback" not in json.dumps(answer)
     # A plain look-up needs no secret from SSM: it still works.
     assert get_token(grant.auth_app_id)["app_auth_token"] == grant.app_auth_token

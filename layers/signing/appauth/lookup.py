@@ -40,6 +40,7 @@ from appauth.envelope import TokenDecryptionError
 from appauth.errors import InvalidRequestError
 from appauth.lifecycle import Transition
 from appauth.queries import Describe, GetToken, ListAuthorizations, ReportInvalid, TokenRequest
+from appauth.secrets import SecretsUnavailableError
 from appauth.store import STATUS_GRANTED, CursorError, StoredAuthorization, TokenStore
 
 if TYPE_CHECKING:
@@ -502,6 +503,11 @@ def failure_for(error: Exception) -> QueryFailedError:
         return error
     if isinstance(error, (InvalidRequestError, CursorError)):
         return QueryFailedError(ErrorCode.BAD_REQUEST, str(error))
+    if isinstance(error, SecretsUnavailableError):
+        logger.error("SSM unavailable", extra={"parameter": error.parameter, "error": str(error)})
+        return QueryFailedError(
+            ErrorCode.UNAVAILABLE, "the service's secrets cannot be read now", retryable=True
+        )
     if isinstance(error, ConfigError):
         logger.error("Service misconfigured", extra={"parameter": error.parameter})
         return QueryFailedError(

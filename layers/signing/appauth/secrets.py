@@ -25,6 +25,14 @@ CERT_MODE_PARAMETERS = ("app-private-key", "app-cert", "alipay-cert", "alipay-ro
 MIN_STATE_SECRET_BYTES = 32
 
 _credentials_cache: dict[str, AppCredentials] = {}
+# SSM errors that mean our setup is wrong, not that SSM is busy.
+SETUP_ERRORS = ("AccessDenied", "InvalidKeyId", "KMSAccessDenied", "ValidationException")
+
+
+class SecretsUnavailableError(ConfigError):
+    """SSM (or the KMS key behind a SecureString) failed for a reason a retry may cure. Still a
+    ConfigError for the functions that answer any secret trouble alike; the token query answers
+    it as a retryable ``unavailable``."""
 
 
 def _get(
@@ -45,7 +53,15 @@ def _get(
                 "is missing from SSM Parameter Store; create it as a SecureString (see README)",
                 parameter=full_name,
             ) from None
-        raise ConfigError(f"cannot be read ({type(error).__name__})", parameter=full_name) from None
+        if any(code in str(error) for code in SETUP_ERRORS):
+            raise ConfigError(
+                f"cannot be read ({type(error).__name__}): check the role's permissions",
+                parameter=full_name,
+            ) from None
+        # Throttled, unreachable, a failing KMS behind it: the parameter is fine, SSM is not.
+        raise SecretsUnavailableError(
+            f"cannot be read now ({type(error).__name__})", parameter=full_name
+        ) from None
     if isinstance(value, bytes):
         value = value.decode("utf-8")
     if not isinstance(value, str) or not value.strip():
