@@ -31,7 +31,10 @@ cache = LookupCache(max_age_seconds=float(os.environ.get("TOKEN_CACHE_SECONDS", 
 def lambda_handler(event: Any, context: LambdaContext) -> dict[str, Any]:
     try:
         request = parse_request(event)
-        answer = runtime().token_service(cache).answer(request)
+        service = runtime().token_service(
+            cache, time_left=lambda: context.get_remaining_time_in_millis() / 1000
+        )
+        answer = service.answer(request)
     except Exception as error:  # a bad request, or a runtime that cannot be built
         answer = Answer(failure_for(error).answer())
         request = None

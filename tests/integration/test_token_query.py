@@ -13,7 +13,7 @@ import json
 import logging
 from collections import Counter
 from collections.abc import Iterator
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -28,6 +28,7 @@ from appauth.alipay.client import QUERY_METHOD
 from appauth.alipay.models import TokenGrant
 from appauth.lifecycle import Transition
 from appauth.lookup import LookupCache
+from appauth.refresh import Outcome
 from appauth.runtime import reset_runtime, runtime
 from appauth.store import STATUS_GRANTED, STATUS_NEEDS_REAUTH, STATUS_REVOKED
 from appauth_dev.local_service import FakeContext
@@ -490,19 +491,108 @@ def test_a_confirmed_report_revokes_a_cancelled_merchant_with_its_event(
 
 
 @pytest.mark.usefixtures("clock")
-def test_a_token_alipay_no_longer_knows_becomes_needs_reauth(
-    service: ServiceStack, ctl: SimulatorControl
+@pytest.mark.parametrize(
+    ("rule", "expected"), [("refuse", STATUS_NEEDS_REAUTH), ("same_pair", STATUS_GRANTED)]
+)
+def test_a_token_alipay_no_longer_knows_is_reconciled_by_the_refresh_run_not_ended_here(
+    service: ServiceStack, ctl: SimulatorControl, rule: str, expected: str
 ):
-    ctl.behaviour(superseded_refresh="refuse", token_grace_seconds=0, refresh_grace_seconds=0)
+    """The token is dead but its refresh token may not be (a rotation whose answer was lost):
+    the report asks the refresh run to reconcile; only a refused refresh ends the merchant."""
+    grace = 0 if rule == "refuse" else 86400
+    ctl.behaviour(superseded_refresh=rule, token_grace_seconds=0, refresh_grace_seconds=grace)
     grant = authorize(ctl)
     rotate_elsewhere(grant)  # the new pair never reached the service: the stored one is dead
     ctl.advance_clock(1)
     answer = invoke({"action": "report_invalid", "auth_app_id": grant.auth_app_id, "version": 1})
-    assert answer["report"] == "confirmed"
-    assert answer["error"]["code"] == STATUS_NEEDS_REAUTH
+    assert answer["ok"] is False
+    assert (answer["error"]["code"], answer["error"]["retryable"]) == ("unavailable", True)
     stored = runtime().store.get(grant.auth_app_id)
     assert stored is not None
-    assert stored.status == STATUS_NEEDS_REAUTH
+    assert (stored.status, stored.version) == (STATUS_GRANTED, 1)
+    assert stored.reconcile_reason is not None
+    assert stored.next_refresh_at is not None
+    assert stored.next_refresh_at <= datetime.now(UTC)
+    run = runtime().refresher(owner="run-1", time_left=lambda: 900.0, function_timeout=900.0)
+    report = run.refresh_due()
+    assert report.reconciled == 1
+    after = runtime().store.get(grant.auth_app_id)
+    assert after is not None
+    assert after.status == expected
+    if expected == STATUS_GRANTED:  # Alipay replayed the pair it had issued: recovered
+        record = ctl.merchant(grant.auth_app_id)
+        assert record is not None
+        assert runtime().store.open_tokens(after)[0] == record["current"]["app_auth_token"]
+
+
+@pytest.mark.usefixtures("clock")
+def test_a_report_never_ends_a_merchant_a_dead_run_left_leased(
+    service: ServiceStack, ctl: SimulatorControl
+):
+    """A run died holding the lease (its lease lapsed, no reconcile mark): it may have rotated
+    at Alipay. The report must leave the merchant to the reconciliation, even if Alipay's query
+    about the stored token says invalid."""
+    grant = authorize(ctl)
+    store = runtime().store
+    long_ago = datetime.now(UTC) - timedelta(hours=2)
+    assert store.acquire_lease(
+        grant.auth_app_id, version=1, now=long_ago, seconds=60, owner="dead-run"
+    )
+    ctl.revoke(grant.auth_app_id)
+    answer = invoke({"action": "report_invalid", "auth_app_id": grant.auth_app_id, "version": 1})
+    assert (answer["error"]["code"], answer["error"]["retryable"]) == ("unavailable", True)
+    stored = store.get(grant.auth_app_id)
+    assert stored is not None
+    assert (stored.status, stored.lease_owner) == (STATUS_GRANTED, "dead-run")
+
+
+@pytest.mark.usefixtures("clock")
+def test_the_end_is_fenced_on_the_lease_at_the_write_not_only_at_the_read(
+    service: ServiceStack, ctl: SimulatorControl
+):
+    grant = authorize(ctl)
+    store = runtime().store
+    read = store.get(grant.auth_app_id)
+    assert read is not None
+    # A refresh takes the merchant between the read and the write.
+    assert store.acquire_lease(
+        grant.auth_app_id, version=1, now=datetime.now(UTC), seconds=900, owner="run-1"
+    )
+    assert not store.end_confirmed(
+        read, Transition.REVOKED, reason="report", confirmed_at=datetime.now(UTC)
+    )
+    stored = store.get(grant.auth_app_id)
+    assert stored is not None
+    assert (stored.status, stored.lease_owner) == (STATUS_GRANTED, "run-1")
+
+
+@pytest.mark.usefixtures("clock")
+def test_a_reauthorization_forgets_what_alipay_said_about_the_old_grant(
+    service: ServiceStack, ctl: SimulatorControl
+):
+    grant = authorize(ctl)
+    assert invoke({"action": "describe", "auth_app_id": grant.auth_app_id})["ok"] is True
+    store = runtime().store
+    described = store.get(grant.auth_app_id)
+    assert described is not None
+    assert described.auth_methods is not None
+    authorize(ctl, auth_app_id=grant.auth_app_id)
+    again = store.get(grant.auth_app_id)
+    assert again is not None
+    assert (again.version, again.auth_methods, again.auth_end, again.verified_at) == (
+        2,
+        None,
+        None,
+        None,
+    )
+    # ...while a rotation of the same grant keeps it.
+    run = runtime().refresher(owner="run-1", time_left=lambda: 900.0, function_timeout=900.0)
+    assert invoke({"action": "describe", "auth_app_id": grant.auth_app_id})["ok"] is True
+    assert run.refresh_now([grant.auth_app_id]).count(Outcome.ROTATED) == 1
+    rotated = store.get(grant.auth_app_id)
+    assert rotated is not None
+    assert rotated.version == 3
+    assert rotated.auth_methods is not None
 
 
 @pytest.mark.usefixtures("clock")

@@ -7,10 +7,12 @@ from __future__ import annotations
 import itertools
 from dataclasses import replace
 from datetime import datetime, timedelta
+from typing import Any
 
 import pytest
 
 from appauth.alipay.client import QUERY_METHOD, TOKEN_METHOD
+from appauth.alipay.errors import AlipayError
 from appauth.refresh import Outcome, RefreshReport, TokenBucket
 from appauth.runtime import runtime
 from appauth.store import STATUS_GRANTED, STATUS_NEEDS_REAUTH, STATUS_REVOKED
@@ -214,3 +216,48 @@ def test_the_rotation_counts_as_a_fresh_start_for_the_sweep(
         minutes=1
     )
     assert sum(control.stats()["requests"].get(TOKEN_METHOD, {}).values()) == 2
+
+
+class PermissionRefused:
+    """The service's client, except that Alipay refuses the query for our own setup."""
+
+    def __init__(self, real: Any) -> None:
+        self._real = real
+        self.queries = 0
+
+    def query_authorization(self, app_auth_token: str) -> Any:
+        self.queries += 1
+        raise AlipayError(
+            "40006",
+            "Insufficient Permissions",
+            sub_code="isv.insufficient-isv-permissions",
+            signed=True,
+        )
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._real, name)
+
+
+def test_our_own_setup_error_never_rotates_or_changes_the_merchant(
+    control: SimulatorControl, clock: Clock
+):
+    (grant,) = grant_merchants(control, 1)
+    before = runtime().store.get(grant.auth_app_id)
+    assert before is not None
+    clock.advance(timedelta(days=VERIFY_DAYS, minutes=1))
+    base = refresher(clock)
+    refused = PermissionRefused(base.client)
+    run = replace(base, client=refused)  # type: ignore[arg-type]
+    report = run.verify_due(RefreshReport())
+    assert refused.queries == 1
+    assert report.count(Outcome.DEFERRED_ALIPAY_ERROR) == 1
+    after = runtime().store.get(grant.auth_app_id)
+    assert after is not None
+    # The rotation schedule and the failure count are untouched; only the check waits.
+    assert (after.version, after.status) == (1, STATUS_GRANTED)
+    assert after.next_refresh_at == before.next_refresh_at
+    assert after.refresh_failures == 0
+    assert after.lease_owner is None
+    assert after.verify_at is not None
+    assert after.verify_at > clock.now()
+    assert run.refresh_due().due == 0  # nothing became due for a rotation

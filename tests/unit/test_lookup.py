@@ -191,3 +191,22 @@ def test_consistent_reads_skip_the_cache():
     store.item = replace(stored(2))
     fresh = tokens.answer(GetToken(auth_app_id="2018", consistent=True))
     assert (fresh.cache, fresh.body["version"], store.reads[-1]) == ("miss", 2, True)
+
+
+def test_a_lagging_read_never_answers_an_older_pair_than_one_seen():
+    clock, store = Clock(), FakeStore(stored(6))
+    tokens = service(store, clock)
+    assert tokens.answer(GetToken(auth_app_id="2018")).body["version"] == 6
+    clock.now = 31  # past the age: the next read is an eventually consistent one...
+    store.item = stored(5)  # ...from a replica that has not seen version 6 yet
+    answer = tokens.answer(GetToken(auth_app_id="2018"))
+    assert (answer.body["version"], answer.body["app_auth_token"]) == (6, "t6")
+
+
+def test_no_alipay_query_is_started_without_the_time_to_finish_it():
+    store = FakeStore(stored(1))
+    tokens = service(store, Clock())
+    tokens.time_left = lambda: 3.0
+    answer = tokens.answer(Describe("2018")).body
+    # The Alipay factory would raise: it is never built.
+    assert (answer["error"]["code"], answer["error"]["retryable"]) == ("unavailable", True)

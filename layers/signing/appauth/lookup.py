@@ -93,6 +93,9 @@ class ErrorCode(StrEnum):
     MISCONFIGURED = "misconfigured"
 
 
+# The token query's Alipay client at worst (Runtime.query_client), plus a margin to answer.
+ALIPAY_QUERY_SECONDS = 15.0
+
 _ENDED = {"revoked": ErrorCode.REVOKED, "needs_reauth": ErrorCode.NEEDS_REAUTH}
 
 
@@ -205,15 +208,18 @@ class LookupCache:
             entry = self._items.get(auth_app_id)
             return entry[1] if entry is not None and entry[1].version == version else None
 
-    def put(self, lookup: TokenLookup) -> None:
+    def put(self, lookup: TokenLookup) -> TokenLookup:
+        """Keep ``lookup`` unless a newer version is cached; the one kept (to answer with: a
+        lagging, eventually consistent read never hands out an older pair than one seen)."""
         with self._lock:
             current = self._items.get(lookup.auth_app_id)
             if current is not None and current[1].version > lookup.version:
-                return  # a slower reader must not put an older pair back
+                return current[1]
             self._items[lookup.auth_app_id] = (self._monotonic(), lookup)
             self._items.move_to_end(lookup.auth_app_id)
             while len(self._items) > self._max_items:
                 self._items.popitem(last=False)
+            return lookup
 
     def evict(self, auth_app_id: str) -> None:
         with self._lock:
@@ -244,6 +250,8 @@ class TokenService:
     cache: LookupCache
     alipay: Callable[[], AlipayClient]
     clock: Callable[[], datetime] = lambda: datetime.now(UTC)
+    # The invocation's remaining seconds: an Alipay query is only started when it can finish.
+    time_left: Callable[[], float] = lambda: float("inf")
     _misses: threading.local = field(default_factory=threading.local, repr=False)
 
     def answer(self, request: TokenRequest) -> Answer:
@@ -319,8 +327,7 @@ class TokenService:
             lookup = reusable
         else:
             lookup = TokenLookup.of(stored, self.store.open_tokens(stored)[0])
-        self.cache.put(lookup)
-        return lookup
+        return self.cache.put(lookup)
 
     def _learn_methods(self, auth_app_id: str) -> TokenLookup:
         stored = self._current(auth_app_id)
@@ -403,13 +410,29 @@ class TokenService:
     ) -> AuthorizationInfo | None:
         """Ask Alipay about the stored token. Returns what it said (stored on the item) when
         the grant is valid; None once the authorization was ended on its signed word."""
+        if self.time_left() < ALIPAY_QUERY_SECONDS:
+            raise QueryFailedError(
+                ErrorCode.UNAVAILABLE,
+                "not enough time left in this invocation to ask Alipay; ask again",
+                retryable=True,
+            )
         queried_at = self.clock()
         try:
             info = self.alipay().query_authorization(token)
         except AlipayError as error:
             if error.signed and error.app_auth_token_dead:
-                self._end(stored, Transition.NEEDS_REAUTH, f"{reason}:{_code(error)}", queried_at)
-                return None
+                # Alipay no longer knows this token, but its refresh token may still work (a
+                # rotation whose answer was lost, an expired token): only the refresh run can
+                # tell, so it is asked to reconcile now. Never an end from here.
+                self.store.request_reconcile(stored, f"{reason}:{_code(error)}")
+                self.cache.evict(stored.auth_app_id)
+                raise QueryFailedError(
+                    ErrorCode.UNAVAILABLE,
+                    "Alipay no longer accepts this token; the refresh run tries its refresh "
+                    "token next and ends the authorization only if Alipay refuses that too",
+                    retryable=True,
+                    known=stored,
+                ) from None
             if error.transient:
                 raise QueryFailedError(
                     ErrorCode.UNAVAILABLE,
@@ -451,8 +474,21 @@ class TokenService:
                 retryable=True,
                 known=stored,
             )
-        self.store.end_confirmed(stored, transition, reason=reason, confirmed_at=at)
+        ended = self.store.end_confirmed(stored, transition, reason=reason, confirmed_at=at)
         self.cache.evict(stored.auth_app_id)
+        if not ended:
+            current = self.store.get(stored.auth_app_id, consistent=True)
+            if current is not None and (current.version, current.status) == (
+                stored.version,
+                STATUS_GRANTED,
+            ):
+                # The same grant, but a refresh took it meanwhile (the write is fenced on it).
+                raise QueryFailedError(
+                    ErrorCode.UNAVAILABLE,
+                    "a token rotation is in progress for this merchant; ask again in a minute",
+                    retryable=True,
+                    known=current,
+                )
 
 
 def ended(stored: StoredAuthorization, *, extra: dict[str, Any] | None = None) -> QueryFailedError:

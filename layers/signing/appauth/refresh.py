@@ -387,7 +387,7 @@ class Refresher:
             app_auth_token = self.store.open_tokens(lease.stored)[0]
         except TokenDecryptionError:
             logger.error("Stored pair does not decrypt", extra={"auth_app_id": lease.auth_app_id})
-            self._release(lease, "unreadable_pair", UNREADABLE_RETRY)
+            self._defer_verification(lease, "unreadable_pair", backoff=UNREADABLE_RETRY)
             return Outcome.UNREADABLE
         except (BotoCoreError, ClientError) as error:
             return self._defer_verification(lease, f"kms_{type(error).__name__}")
@@ -408,7 +408,14 @@ class Refresher:
                 )
                 return self._rotate(lease, resent)
             if error.permanent:
-                return self._defer_alipay_error(lease, error)
+                # Our setup (permission, signature), not the merchant: never a rotation or a
+                # status change; asked again later, alarmed like the refresh's.
+                logger.error(
+                    "Alipay refused a query for a reason that is not the pair: check the app",
+                    extra={"auth_app_id": lease.auth_app_id, "reason": _reason(error)},
+                )
+                self._defer_verification(lease, _reason(error))
+                return Outcome.DEFERRED_ALIPAY_ERROR
             return self._defer_verification(lease, _reason(error))
         except (TransportError, SignatureError, UnexpectedResponseError) as error:
             return self._defer_verification(lease, _reason(error))
@@ -422,10 +429,18 @@ class Refresher:
             return Outcome.SUPERSEDED
         return Outcome.VERIFIED
 
-    def _defer_verification(self, lease: Lease, reason: str, *, immediate: bool = False) -> Outcome:
+    def _defer_verification(
+        self,
+        lease: Lease,
+        reason: str,
+        *,
+        immediate: bool = False,
+        backoff: Backoff = VERIFY_RETRY,
+    ) -> Outcome:
+        """Ask again later; the rotation schedule (``next_refresh_at``) is left alone."""
         now = self.clock()
         failures = lease.stored.refresh_failures + 1
-        until = now if immediate else now + VERIFY_RETRY.delay(failures, self.rng)
+        until = now if immediate else now + backoff.delay(failures, self.rng)
         self.store.defer_verification(lease, until=until, reason=reason)
         return Outcome.STOPPED_EARLY if immediate else Outcome.VERIFY_DEFERRED
 

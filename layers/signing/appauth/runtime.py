@@ -85,11 +85,16 @@ class Runtime:
             )
         return self._query_client
 
-    def token_service(self, cache: LookupCache) -> TokenService:
+    def token_service(
+        self, cache: LookupCache, *, time_left: Callable[[], float] | None = None
+    ) -> TokenService:
         """The token query's service around the handler's cache (kept for the container)."""
         from appauth.lookup import TokenService  # noqa: PLC0415
 
-        return TokenService(store=self.store, cache=cache, alipay=self.query_client)
+        service = TokenService(store=self.store, cache=cache, alipay=self.query_client)
+        if time_left is not None:
+            service.time_left = time_left
+        return service
 
     @cached_property
     def cipher(self) -> TokenCipher:

@@ -73,6 +73,7 @@ STATE_TTL_SLACK = timedelta(days=1)
 # A concurrent writer moved the version between our read and our write: read again, this often.
 SAVE_ATTEMPTS = 32
 LEASE_FIELDS = ("lease_until", "lease_owner")
+GRANT_INFO_FIELDS = ("auth_methods", "alipay_status", "auth_start", "auth_end", "verified_at")
 
 AttributeMap = dict[str, Any]
 
@@ -405,6 +406,10 @@ class TokenStore:
             "reconcile_reason",
             "status_reason",
         ]
+        if not source.startswith("refresh"):
+            # A new authorization (not a rotation of the same one): what Alipay said about the
+            # old grant (its methods, its period) no longer holds until it is asked again.
+            removes.extend(GRANT_INFO_FIELDS)
         return {
             "TableName": self._table,
             "Key": _key(grant.auth_app_id),
@@ -667,7 +672,12 @@ class TokenStore:
             condition = "version = :version AND lease_owner = :owner"
             values[":owner"] = {"S": owner}
         else:
-            condition = "version = :version AND #status = :granted"
+            # No lease, no pending reconciliation, checked by DynamoDB at the write: a refresh
+            # that took the merchant since it was read (or died holding it) decides instead.
+            condition = (
+                "version = :version AND #status = :granted"
+                " AND attribute_not_exists(lease_owner) AND attribute_not_exists(reconcile_reason)"
+            )
             values[":granted"] = {"S": STATUS_GRANTED}
         if transition is Transition.REVOKED:
             values[":confirmed"] = {"N": epoch_ms(confirmed_at)}
@@ -748,6 +758,30 @@ class TokenStore:
         except self._db.exceptions.ConditionalCheckFailedException:
             return False
         return True
+
+    def request_reconcile(self, stored: StoredAuthorization, reason: str) -> bool:
+        """Ask the next refresh run to reconcile this merchant now (resend its refresh token,
+        then let Alipay's answer decide): a caller found the token dead. Fenced by the version;
+        a reconciliation already pending is kept as it is."""
+        now = self._clock()
+        update: UpdateTypeDef = {
+            "TableName": self._table,
+            "Key": _key(stored.auth_app_id),
+            "UpdateExpression": "SET reconcile_reason = :reason, next_refresh_at = :now_epoch, "
+            "updated_at = :now",
+            "ConditionExpression": "version = :version AND #status = :granted "
+            "AND attribute_not_exists(reconcile_reason)",
+            "ExpressionAttributeNames": {"#status": "status"},
+            "ExpressionAttributeValues": {
+                ":reason": {"S": reason},
+                ":now_epoch": {"N": _epoch(now)},
+                ":now": {"S": _iso(now)},
+                ":version": {"N": str(stored.version)},
+                ":granted": {"S": STATUS_GRANTED},
+            },
+        }
+        event = self._event_item(stored.auth_app_id, "reconcile_requested", {"reason": reason}, now)
+        return self._update_with_event(update, event)
 
     def defer_verification(self, lease: Lease, *, until: datetime, reason: str) -> bool:
         """The sweep could not verify (Alipay unreachable, answer unverifiable): ask again at
