@@ -431,6 +431,7 @@ def test_get_token_by_user_id_returns_every_app_of_that_user(
     answer = invoke({"action": "get_token", "user_id": user_id})
     assert answer["ok"] is True
     assert answer["user_id"] == user_id
+    assert answer["truncated"] is False
     by_app = {a["auth_app_id"]: a for a in answer["authorizations"]}
     assert set(by_app) == {first.auth_app_id, second.auth_app_id}
     assert by_app[first.auth_app_id]["app_auth_token"] == first.app_auth_token

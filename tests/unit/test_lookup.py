@@ -17,7 +17,7 @@ from appauth.queries import (
     ReportInvalid,
     parse_request,
 )
-from appauth.store import STATUS_GRANTED, StoredAuthorization
+from appauth.store import MAX_APPS_PER_USER, STATUS_GRANTED, StoredAuthorization
 
 
 class Clock:
@@ -210,3 +210,14 @@ def test_no_alipay_query_is_started_without_the_time_to_finish_it():
     answer = tokens.answer(Describe("2018")).body
     # The Alipay factory would raise: it is never built.
     assert (answer["error"]["code"], answer["error"]["retryable"]) == ("unavailable", True)
+
+
+def test_a_user_with_more_apps_than_one_read_returns_says_the_list_is_cut():
+    store = FakeStore(stored(1))
+    apps = [(str(1000 + n), 1) for n in range(MAX_APPS_PER_USER)]
+    store.by_user = lambda user_id: apps  # type: ignore[attr-defined]
+    answer = service(store, Clock()).answer(GetToken(user_id="2088")).body
+    assert answer["truncated"] is True
+    assert len(answer["authorizations"]) == MAX_APPS_PER_USER
+    store.by_user = lambda user_id: apps[:3]  # type: ignore[attr-defined]
+    assert service(store, Clock()).answer(GetToken(user_id="2088")).body["truncated"] is False

@@ -41,7 +41,13 @@ from appauth.errors import InvalidRequestError
 from appauth.lifecycle import Transition
 from appauth.queries import Describe, GetToken, ListAuthorizations, ReportInvalid, TokenRequest
 from appauth.secrets import SecretsUnavailableError
-from appauth.store import STATUS_GRANTED, CursorError, StoredAuthorization, TokenStore
+from appauth.store import (
+    MAX_APPS_PER_USER,
+    STATUS_GRANTED,
+    CursorError,
+    StoredAuthorization,
+    TokenStore,
+)
 
 if TYPE_CHECKING:
     from appauth.alipay.client import AlipayClient
@@ -285,7 +291,14 @@ class TokenService:
                 answers.append(self._one(auth_app_id, request.required_methods, request.consistent))
             except Exception as error:  # one app's failure is its own entry
                 answers.append(failure_for(error).answer())
-        return {"ok": True, "user_id": request.user_id, "authorizations": answers}
+        # The user index is read once, up to MAX_APPS_PER_USER: say so when there may be more.
+        truncated = len(apps) >= MAX_APPS_PER_USER
+        return {
+            "ok": True,
+            "user_id": request.user_id,
+            "authorizations": answers,
+            "truncated": truncated,
+        }
 
     def _one(self, auth_app_id: str, required: Iterable[str], consistent: bool) -> dict[str, Any]:
         lookup = None if consistent else self.cache.fresh(auth_app_id)
