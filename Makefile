@@ -4,7 +4,7 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
-.PHONY: setup test lint typecheck unit demo clean
+.PHONY: setup test lint typecheck unit demo clean sam-setup build package
 
 setup: $(STAMP)
 
@@ -32,4 +32,49 @@ demo: setup
 	$(BIN)/appauth demo
 
 clean:
-	rm -rf $(VENV) .mypy_cache .pytest_cache .ruff_cache .hypothesis
+	rm -rf $(VENV) $(SAM_VENV) .aws-sam .mypy_cache .pytest_cache .ruff_cache .hypothesis
+
+# ---------------------------------------------------------------- Lambda build
+# The SAM CLI in its own venv (its pins clash with the dev tools'), from requirements/sam.txt.
+SAM_VENV  := .venv-sam
+SAM       := $(SAM_VENV)/bin/sam
+SAM_STAMP := $(SAM_VENV)/.installed
+# No telemetry; the layer's and functions' recipes use the pinned pip of the SAM venv.
+SAM_ENV   := SAM_CLI_TELEMETRY=0 PIP="$(abspath $(SAM_VENV))/bin/python -m pip"
+# `sam build` expands Fn::ForEach locally (--language-extensions) and so needs a value for the
+# one parameter without a default. The built template keeps the Fn::ForEach: deploy asks for
+# the real caller roles.
+BUILD_PARAMETERS := TokenQueryCallerArns=arn:aws:iam::123456789012:role/build-placeholder
+
+sam-setup: $(SAM_STAMP)
+
+$(SAM_STAMP): requirements/sam.txt
+	@command -v $(PYTHON) >/dev/null 2>&1 || { echo "need $(PYTHON) (set PYTHON=...)"; exit 1; }
+	$(PYTHON) -m venv $(SAM_VENV)
+	$(SAM_VENV)/bin/python -m pip install --quiet --disable-pip-version-check -r requirements/sam.txt
+	@touch $@
+
+# For python3.12 on arm64 without python3.12 or Docker: see layers/signing/Makefile.
+build: $(SAM_STAMP)
+	$(SAM_ENV) $(SAM) validate --lint
+	$(SAM_ENV) $(SAM) build --language-extensions --parameter-overrides $(BUILD_PARAMETERS)
+
+# The build, then its check: platforms, sizes, nothing developer-only (appauth_dev.package_check).
+package: setup build
+	$(BIN)/python -m appauth_dev.package_check .aws-sam/build
+
+# `sam build` runs these for the functions (template.yaml: BuildMethod makefile, ContextPath .)
+# in a copy of the function's folder: its files (not requirements.txt, no __pycache__), and what
+# its requirements.txt lists, if anything (callback: segno), for the Lambda runtime like the layer.
+include $(dir $(lastword $(MAKEFILE_LIST)))layers/signing/Makefile
+
+.PHONY: build-CallbackFunction build-RefreshFunction build-TokenQueryFunction
+
+build-CallbackFunction build-RefreshFunction build-TokenQueryFunction:
+	@test -n "$(ARTIFACTS_DIR)" || { echo "ARTIFACTS_DIR is not set: run 'sam build' (or 'make package')"; exit 1; }
+	cp -R . "$(ARTIFACTS_DIR)/"
+	cd "$(ARTIFACTS_DIR)" && rm -f requirements.txt && find . -depth -name __pycache__ -type d -exec rm -rf {} +
+	if grep -Eq '^[[:space:]]*[^#[:space:]]' requirements.txt 2>/dev/null; then \
+		$(LAMBDA_PIP_INSTALL) --target "$(ARTIFACTS_DIR)" -r requirements.txt; \
+	fi
+	cd "$(ARTIFACTS_DIR)" && rm -rf $(PIP_SCHEME_DIRS)
