@@ -4,7 +4,7 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
-.PHONY: setup test lint typecheck unit demo clean sam-setup build package
+.PHONY: setup test lint typecheck unit browser demo clean sam-setup build package
 
 setup: $(STAMP)
 
@@ -23,8 +23,13 @@ lint: setup
 typecheck: setup
 	$(BIN)/mypy
 
-unit: setup
+unit: setup browser
 	$(BIN)/pytest -q
+
+# Debian's chromium for the browser test (tests/e2e/test_browser.py), where apt can install it;
+# never fails: without chromium that one test skips and says why.
+browser:
+	@sh devtools/install_browser.sh
 
 test: lint typecheck unit
 

@@ -12,6 +12,9 @@ from cryptography.hazmat.primitives.asymmetric import rsa
 from appauth.alipay.errors import ConfigError
 
 KEY_BITS = 2048
+# `appauth keygen`'s output folder unless --out says otherwise; .gitignore lists it (and the
+# private key files by name), so a key generated in a checkout never shows in `git status`.
+DEFAULT_KEY_DIR = "keys"
 
 
 def generate_private_key() -> rsa.RSAPrivateKey:

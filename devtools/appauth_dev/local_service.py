@@ -12,12 +12,14 @@ import logging
 import os
 import secrets
 import sys
+import time
 import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager, redirect_stdout
 from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta, tzinfo
 from types import ModuleType
-from typing import Any
+from typing import Any, Self
 from urllib.parse import parse_qsl, urlencode, urlsplit
 
 import boto3
@@ -26,6 +28,7 @@ import requests
 from appauth.runtime import reset_runtime
 from appauth_dev.keygen import generate_private_key, private_pkcs8_pem, public_pem
 from appauth_dev.simulator.config import SimulatorConfig
+from appauth_dev.simulator.control import SimulatorControl
 from appauth_dev.simulator.server import RunningSimulator, start_simulator
 from appauth_dev.stack import (
     DEFAULT_TEMPLATE,
@@ -45,6 +48,10 @@ TEMPLATE_FUNCTIONS = {
 LOCAL_APP_ID = "2021000199990001"
 SSM_PREFIX = "/appauth/local"
 REGION = "us-east-1"
+SERVICE_LOGGER = "appauth"  # POWERTOOLS_SERVICE_NAME in template.yaml: the functions' Logger
+# The layer modules that read the wall clock: each default ``clock`` there is
+# ``lambda: datetime.now(UTC)``, which looks ``datetime`` up in its module when it runs.
+CLOCK_MODULES = ("appauth.runtime", "appauth.store", "appauth.lookup", "appauth.alipay.client")
 
 
 @dataclass
@@ -87,6 +94,40 @@ def http_event(
     return event
 
 
+class ServiceClock:
+    """The service's wall clock, moved forward like the simulator's instead of sleeping.
+
+    While :meth:`installed`, every wall-clock read of the layer (the refresh run's clock, the
+    store's, the token query's, the Alipay client's lifetimes) is ``offset`` ahead of real time;
+    the handlers run unchanged. Offset zero is real time.
+    """
+
+    def __init__(self) -> None:
+        self.offset = timedelta(0)
+
+    def now(self) -> datetime:
+        return datetime.now(UTC) + self.offset
+
+    @contextmanager
+    def installed(self) -> Iterator[None]:
+        clock = self
+
+        class ShiftedDatetime(datetime):
+            @classmethod
+            def now(cls, tz: tzinfo | None = None) -> Self:
+                return cls.fromtimestamp(time.time() + clock.offset.total_seconds(), tz)
+
+        modules = [importlib.import_module(name) for name in CLOCK_MODULES]
+        saved = [(module, vars(module)["datetime"]) for module in modules]
+        for module in modules:
+            vars(module)["datetime"] = ShiftedDatetime
+        try:
+            yield
+        finally:
+            for module, original in saved:
+                vars(module)["datetime"] = original
+
+
 @dataclass
 class LocalService:
     stack: LocalStack
@@ -94,6 +135,12 @@ class LocalService:
     modules: dict[str, ModuleType]
 
     quiet: bool = True
+    clock: ServiceClock = field(default_factory=ServiceClock)
+
+    def advance_clock(self, delta: timedelta) -> None:
+        """Move the simulator's clock and the service's together (``delta`` ahead)."""
+        SimulatorControl(self.simulator.url).advance_clock(delta.total_seconds())
+        self.clock.offset += delta
 
     def invoke(self, function: str, event: Any) -> Any:
         module = self.modules[function]
@@ -169,15 +216,40 @@ def _unload_functions(previous: dict[str, ModuleType | None]) -> None:
             sys.modules[name] = module
 
 
+def _logger_state(name: str) -> dict[str, Any]:
+    state = dict(vars(logging.getLogger(name)))
+    state["handlers"] = list(state["handlers"])
+    state["filters"] = list(state["filters"])
+    return state
+
+
+def _restore_logger(name: str, state: dict[str, Any]) -> None:
+    """The functions' Powertools Logger gives the service's logger a handler bound to the
+    stdout of the moment (a test's capture, closed later), a level and its own markers: put
+    back what was there, so the next cold start sets it up afresh."""
+    logger = logging.getLogger(name)
+    vars(logger).clear()
+    vars(logger).update(state)
+    logger.setLevel(state["level"])  # also clears the cached effective levels
+
+
 @contextmanager
-def local_service(*, app_id: str = LOCAL_APP_ID, quiet: bool = True) -> Iterator[LocalService]:
-    """Start everything; ``quiet`` keeps the functions' JSON logs and EMF metrics off stdout."""
+def local_service(
+    *, app_id: str = LOCAL_APP_ID, quiet: bool = True, callback_url: str | None = None
+) -> Iterator[LocalService]:
+    """Start everything; ``quiet`` keeps the functions' JSON logs and EMF metrics off stdout.
+    ``callback_url`` is the template's ``CallbackUrl`` (the redirect URL the start page gives
+    Alipay; e.g. an HTTP front's ``/alipay/callback``); by default derived from the request."""
     logging.getLogger("werkzeug").setLevel(logging.ERROR)  # moto's per-request access log
     server, endpoint = start_moto_server()
     saved = dict(os.environ)
     previous_modules = {name: sys.modules.get(name) for name in FUNCTIONS.values()}
+    previous_logger = _logger_state(SERVICE_LOGGER)
     simulator: RunningSimulator | None = None
     try:
+        # moto keeps its state per process, whichever server serves it: start from nothing, so
+        # a second local service in this process (a test after the demo) can build the stack.
+        requests.post(f"{endpoint}/moto-api/reset", timeout=10).raise_for_status()
         os.environ.update(
             AWS_ENDPOINT_URL=endpoint,
             AWS_DEFAULT_REGION=REGION,
@@ -208,13 +280,23 @@ def local_service(*, app_id: str = LOCAL_APP_ID, quiet: bool = True) -> Iterator
                 AlipayGatewayUrl=simulator.gateway_url,
                 AlipayV3Url=simulator.url,
                 AlipayAuthUrl=simulator.url,
+                **({"CallbackUrl": callback_url} if callback_url else {}),
             )
         )
         reset_runtime()
-        yield LocalService(stack=stack, simulator=simulator, modules=_load_functions(), quiet=quiet)
+        clock = ServiceClock()
+        with clock.installed():
+            yield LocalService(
+                stack=stack,
+                simulator=simulator,
+                modules=_load_functions(),
+                quiet=quiet,
+                clock=clock,
+            )
     finally:
         reset_runtime()
         _unload_functions(previous_modules)
+        _restore_logger(SERVICE_LOGGER, previous_logger)
         if simulator is not None:
             simulator.shutdown()
         server.stop()

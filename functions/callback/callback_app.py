@@ -44,7 +44,7 @@ from appauth.notifications import (
     read_notification,
 )
 from appauth.runtime import runtime
-from callback_pages import error_page, result_page, start_page
+from callback_pages import CONTENT_SECURITY_POLICY, error_page, result_page, start_page
 
 logger = Logger()
 tracer = Tracer()
@@ -59,6 +59,11 @@ NO_STORE = {
     "Cache-Control": "no-store",
     "Referrer-Policy": "no-referrer",
     "X-Content-Type-Options": "nosniff",
+}
+# The merchant pages load nothing from anywhere (callback_pages): the browser is told so.
+PAGE_HEADERS = {
+    "Content-Security-Policy": CONTENT_SECURITY_POLICY,
+    "X-Frame-Options": "DENY",
 }
 # The same redirect (reload, retry) is answered from the record, without a second exchange.
 IDEMPOTENCY = IdempotencyConfig(
@@ -126,7 +131,7 @@ def _respond(
     merged = {**NO_STORE, **(headers or {})}
     if _wants_json():
         return Response(status, "application/json", json.dumps(data, ensure_ascii=False), merged)
-    return Response(status, HTML, html, merged)
+    return Response(status, HTML, html, {**merged, **PAGE_HEADERS})
 
 
 def _redirect_uri() -> str:
@@ -150,7 +155,7 @@ def authorize() -> Response[str]:
     )
     metrics.add_metric(name="AuthorizationsStarted", unit=MetricUnit.Count, value=1)
     if query.get("redirect") == "1":
-        return Response(302, HTML, "", {**NO_STORE, "Location": result.url})
+        return Response(302, HTML, "", {**NO_STORE, **PAGE_HEADERS, "Location": result.url})
     import segno  # noqa: PLC0415  (only this page needs it: keeps other cold starts lean)
 
     qr_svg = segno.make(result.url, error="m").svg_inline(scale=4, border=2)

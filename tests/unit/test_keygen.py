@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import base64
 import os
+import shutil
 import stat
+import subprocess
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -168,3 +170,26 @@ def test_force_replaces_every_file_with_a_new_key_and_restores_modes(tmp_path: P
 def test_force_into_an_empty_directory_just_writes(tmp_path: Path) -> None:
     written = keygen.write_key_pair(tmp_path, force=True)
     assert len(written) == 4
+
+
+def test_the_default_folder_and_private_key_files_are_git_ignored(tmp_path: Path) -> None:
+    """`appauth keygen` with no --out writes into keys/: the repository's .gitignore covers it,
+    and the private key files by name wherever they are written (but not the test vectors)."""
+    git = shutil.which("git")
+    root = Path(__file__).resolve().parents[2]
+    if git is None or not (root / ".git").exists():
+        pytest.skip("needs git and a checkout")
+    written = [path.name for path, _ in keygen.write_key_pair(tmp_path)]
+    paths = [f"{keygen.DEFAULT_KEY_DIR}/{name}" for name in written]
+    paths += [f"devtools/{name}" for name in PRIVATE_FILES]
+
+    def ignored(path: str) -> bool:
+        check = subprocess.run(  # noqa: S603 - git, fixed arguments
+            [git, "check-ignore", "--no-index", "-q", path], cwd=root, check=False, timeout=30
+        )
+        assert check.returncode in (0, 1), check
+        return check.returncode == 0
+
+    assert [path for path in paths if not ignored(path)] == []
+    assert not ignored("tests/vectors/keys/app_private_pkcs8.pem")
+    assert not ignored(f"devtools/{PUBLIC_FILES[0]}")

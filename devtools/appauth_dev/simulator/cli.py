@@ -24,22 +24,32 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--app-public-key",
         type=Path,
-        help="file: the app public key (PEM or bare base64; or the app cert)",
+        required=True,
+        metavar="FILE",
+        help="the app public key the simulator verifies callers with (PEM or bare base64; "
+        "in cert mode the app cert will do)",
     )
     parser.add_argument(
         "--alipay-private-key",
         type=Path,
         required=True,
-        help="file: the key the simulator signs with",
+        metavar="FILE",
+        help="the key the simulator signs with",
     )
     parser.add_argument(
-        "--alipay-cert", type=Path, help="file: Alipay public-key cert (turns on cert mode)"
+        "--alipay-cert",
+        type=Path,
+        metavar="FILE",
+        help="Alipay public-key cert (turns on cert mode)",
     )
-    parser.add_argument("--app-cert", type=Path, help="file: the app public-key cert (cert mode)")
+    parser.add_argument(
+        "--app-cert", type=Path, metavar="FILE", help="the app public-key cert (cert mode)"
+    )
     parser.add_argument(
         "--alipay-root-cert",
         type=Path,
-        help="file: Alipay root bundle; requests must name its SN (cert mode)",
+        metavar="FILE",
+        help="Alipay root bundle; requests must name its SN (cert mode)",
     )
     parser.add_argument("--encrypt-key", help="base64 AES key for encrypt_type=AES")
     parser.add_argument("--redirect-uri", help="the only redirect_uri the consent page accepts")
@@ -54,9 +64,19 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
 
 
-def _read(path: Path | None) -> bytes | None:
-    # Bytes: the layer's loaders judge the content, so a binary file is a ConfigError, not a crash.
-    return None if path is None else path.read_bytes()
+def _read(path: Path, option: str) -> bytes:
+    """The file's bytes (the layer's loaders judge the content, so a binary file is a
+    ConfigError, not a crash); an unreadable file is a ConfigError naming the option."""
+    try:
+        return path.read_bytes()
+    except OSError as error:
+        raise ConfigError(
+            f"cannot read {path}: {error.strerror or type(error).__name__}", parameter=option
+        ) from None
+
+
+def _read_optional(path: Path | None, option: str) -> bytes | None:
+    return None if path is None else _read(path, option)
 
 
 def build_config(args: argparse.Namespace) -> SimulatorConfig:
@@ -66,11 +86,11 @@ def build_config(args: argparse.Namespace) -> SimulatorConfig:
         )
     return SimulatorConfig.from_material(
         args.app_id,
-        _read(args.app_public_key),
-        args.alipay_private_key.read_bytes(),
-        alipay_cert=_read(args.alipay_cert),
-        app_cert=_read(args.app_cert),
-        alipay_root_cert=_read(args.alipay_root_cert),
+        _read_optional(args.app_public_key, "--app-public-key"),
+        _read(args.alipay_private_key, "--alipay-private-key"),
+        alipay_cert=_read_optional(args.alipay_cert, "--alipay-cert"),
+        app_cert=_read_optional(args.app_cert, "--app-cert"),
+        alipay_root_cert=_read_optional(args.alipay_root_cert, "--alipay-root-cert"),
         encrypt_key=args.encrypt_key,
         redirect_uri=args.redirect_uri,
         grace_seconds=args.grace_seconds,
@@ -81,8 +101,8 @@ def build_config(args: argparse.Namespace) -> SimulatorConfig:
 def run(args: argparse.Namespace) -> int:
     try:
         config = build_config(args)
-    except (ConfigError, OSError) as error:
-        # ConfigError messages describe key material by shape only; OSError names the path.
+    except ConfigError as error:
+        # Messages describe key material by shape only; an unreadable file names its option.
         print(f"appauth simulator: {error}", file=sys.stderr)
         return 2
     try:
