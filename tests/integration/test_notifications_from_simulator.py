@@ -159,3 +159,23 @@ def test_a_notification_that_failed_is_retried_until_success(ctl: SimulatorContr
     assert [a["answer"] for a in retried["attempts"]] == ["fail", "success"]
     assert stored_pair(auth_app_id) == current_pair(ctl, auth_app_id)
     assert ctl.redeliver_notifications() == []  # nothing pending any more
+
+
+def test_the_notification_and_the_callback_carrying_one_pair_store_it_once(
+    ctl: SimulatorControl, lifecycle_events: EventCapture
+):
+    """Alipay sends the pair twice (the grant notification, and the code's exchange): one version,
+    one event, and the merchant reference whichever copy carried it."""
+    minted = grant_by_notification(ctl)
+    auth_app_id = minted["auth_app_id"]
+    grant = runtime().client().exchange_code(minted["app_auth_code"]).single()
+    assert (grant.app_auth_token, grant.app_refresh_token) == current_pair(ctl, auth_app_id)
+    saved = runtime().store.save_grant(grant, source="authorization", merchant_ref="shop-9")
+    assert (saved.stored, saved.version) == (True, 1)
+    stored = runtime().store.get(auth_app_id)
+    assert stored is not None
+    assert (stored.version, stored.merchant_ref) == (1, "shop-9")
+    events = [e.event for e in runtime().store.events(auth_app_id)]
+    assert events.count("token_pair_stored") == 1
+    assert "same_pair_again" in events
+    assert [e["detail-type"] for e in lifecycle_events.read()] == ["appauth.authorization.granted"]

@@ -31,6 +31,8 @@ one transaction, then goes to the event sink (EventBridge):
 from __future__ import annotations
 
 import base64
+import contextlib
+import hashlib
 import json
 import secrets
 from collections.abc import Callable, Iterator, Mapping
@@ -76,6 +78,14 @@ LEASE_FIELDS = ("lease_until", "lease_owner")
 GRANT_INFO_FIELDS = ("auth_methods", "alipay_status", "auth_start", "auth_end", "verified_at")
 
 AttributeMap = dict[str, Any]
+
+
+def pair_fingerprint(grant: TokenGrant) -> str:
+    """Which pair an item holds, without holding it: SHA-256 of the pair (random tokens, so not
+    reversible), so a second copy of the same pair is recognized by a function that cannot
+    decrypt (the callback)."""
+    material = f"{grant.auth_app_id}\n{grant.app_auth_token}\n{grant.app_refresh_token}"
+    return hashlib.sha256(material.encode("utf-8")).hexdigest()
 
 
 def app_pk(auth_app_id: str) -> str:
@@ -264,6 +274,15 @@ class TokenStore:
                 return SaveResult(grant.auth_app_id, stored=False)
             version = int(current["version"]["N"]) if current and "version" in current else 0
             status = Status(current["status"]["S"]) if current and "status" in current else None
+            if (
+                current is not None
+                and status is Status.GRANTED
+                and current.get("pair_fingerprint", {}).get("S") == pair_fingerprint(grant)
+            ):
+                # The same pair again (the grant notification and the callback's exchange both
+                # carry the pair Alipay issued): already stored, no new version, no new event.
+                self._keep_same_pair(grant, current, merchant_ref, source, now)
+                return SaveResult(grant.auth_app_id, stored=True, version=version)
             if not transition.allowed_from(status):
                 # e.g. a refresh result landing on an item that is no longer granted.
                 self.record_event(grant.auth_app_id, "transition_refused", {"source": source}, now)
@@ -302,6 +321,30 @@ class TokenStore:
         raise RuntimeError(  # pragma: no cover - SAVE_ATTEMPTS concurrent writers in a row
             f"merchant app {grant.auth_app_id}: the item kept changing while storing a pair"
         )
+
+    def _keep_same_pair(
+        self,
+        grant: TokenGrant,
+        current: Mapping[str, Any],
+        merchant_ref: str | None,
+        source: str,
+        now: datetime,
+    ) -> None:
+        """Audit the repeat; fill in the merchant reference if only this copy carries it."""
+        if merchant_ref and "merchant_ref" not in current:
+            # Refused when the item moved on meanwhile: then there is nothing to fill in.
+            with contextlib.suppress(self._db.exceptions.ConditionalCheckFailedException):
+                self._db.update_item(
+                    TableName=self._table,
+                    Key=_key(grant.auth_app_id),
+                    UpdateExpression="SET merchant_ref = :ref",
+                    ConditionExpression="version = :version AND attribute_not_exists(merchant_ref)",
+                    ExpressionAttributeValues={
+                        ":ref": {"S": merchant_ref},
+                        ":version": current["version"],
+                    },
+                )
+        self.record_event(grant.auth_app_id, "same_pair_again", {"source": source}, now)
 
     def store_refreshed(
         self, lease: Lease, grant: TokenGrant, sealed: SealedTokens
@@ -375,6 +418,7 @@ class TokenStore:
             ":shard": {"S": due_shard(grant.auth_app_id)},
             ":source": {"S": source},
             ":verify": {"N": _epoch(self._policy.next_verify_at(grant.auth_app_id, now))},
+            ":fingerprint": {"S": pair_fingerprint(grant)},
         }
         sets = [
             "auth_app_id = :app",
@@ -385,6 +429,7 @@ class TokenStore:
             "next_refresh_at = :next",
             "due_shard = :shard",
             "verify_at = :verify",
+            "pair_fingerprint = :fingerprint",
             "granted_at = if_not_exists(granted_at, :now)",
             "updated_at = :now",
             "token_source = :source",
