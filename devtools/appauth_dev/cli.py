@@ -28,6 +28,7 @@ from appauth.alipay.errors import (
     TransportError,
     UnexpectedResponseError,
 )
+from appauth_dev import operator
 from appauth_dev.demo import run_demo
 from appauth_dev.keygen import DEFAULT_KEY_DIR, write_key_pair
 from appauth_dev.local_cmd import add_arguments as add_local_arguments
@@ -338,6 +339,7 @@ def build_parser() -> argparse.ArgumentParser:
     local = commands.add_parser("local", help="keep the whole service running, for a browser")
     add_local_arguments(local)
     local.set_defaults(handler=run_local)
+    operator.register(commands)  # list, show, refresh, revoke, describe, secrets, parked, recover
     return parser
 
 
