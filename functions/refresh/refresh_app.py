@@ -7,16 +7,10 @@ pairs, with partial failure reports). See ``appauth.refresh`` for the rotation p
 
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from aws_lambda_powertools import Logger, Metrics, Tracer
+from aws_lambda_powertools import Logger, Metrics
 from aws_lambda_powertools.metrics import MetricUnit
-from aws_lambda_powertools.utilities.batch import (
-    BatchProcessor,
-    EventType,
-    process_partial_response,
-)
-from aws_lambda_powertools.utilities.data_classes.sqs_event import SQSRecord
 from aws_lambda_powertools.utilities.typing import LambdaContext
 
 from appauth import aws
@@ -24,27 +18,43 @@ from appauth.errors import RequestError
 from appauth.parking import apply_parked_record, drain_parked
 from appauth.refresh import RefreshRequest
 from appauth.runtime import runtime
+from appauth.tracing import traced
+
+if TYPE_CHECKING:
+    from aws_lambda_powertools.utilities.data_classes.sqs_event import SQSRecord
 
 logger = Logger()
-tracer = Tracer()
 metrics = Metrics()
-processor = BatchProcessor(event_type=EventType.SQS)
 
 
 def _store_parked(record: SQSRecord) -> None:
     apply_parked_record(record.body, runtime().store)
 
 
+def _store_parked_batch(event: dict[str, Any], context: LambdaContext) -> dict[str, Any]:
+    """The parking queue's batch, with partial failure reports (Powertools Batch)."""
+    # Imported on this path only: the scheduled run never needs Powertools Batch.
+    from aws_lambda_powertools.utilities.batch import (  # noqa: PLC0415
+        BatchProcessor,
+        EventType,
+        process_partial_response,
+    )
+
+    processor = BatchProcessor(event_type=EventType.SQS)
+    return dict(
+        process_partial_response(
+            event=event, record_handler=_store_parked, processor=processor, context=context
+        )
+    )
+
+
 @logger.inject_lambda_context
-@tracer.capture_lambda_handler(capture_response=False)
+@traced
 @metrics.log_metrics
 def lambda_handler(event: dict[str, Any], context: LambdaContext) -> dict[str, Any]:
     if isinstance(event, dict) and "Records" in event:
-        response = process_partial_response(
-            event=event, record_handler=_store_parked, processor=processor, context=context
-        )
-        failed_records = len(response.get("batchItemFailures", []))
-        answer = dict(response)
+        answer = _store_parked_batch(event, context)
+        failed_records = len(answer.get("batchItemFailures", []))
         metrics.add_metric(
             name="Refresh_parked_drained",
             unit=MetricUnit.Count,

@@ -10,23 +10,23 @@ from __future__ import annotations
 import os
 from typing import Any
 
-from aws_lambda_powertools import Logger, Metrics, Tracer
+from aws_lambda_powertools import Logger, Metrics
 from aws_lambda_powertools.metrics import MetricUnit, single_metric
 from aws_lambda_powertools.utilities.typing import LambdaContext
 
 from appauth.lookup import Answer, LookupCache, failure_for
 from appauth.queries import parse_request
 from appauth.runtime import runtime
+from appauth.tracing import traced
 
 logger = Logger()
-tracer = Tracer()
 metrics = Metrics()
 # Per container: tokens opened here are served from memory for this long (TokenCacheSeconds).
 cache = LookupCache(max_age_seconds=float(os.environ.get("TOKEN_CACHE_SECONDS", "30")))
 
 
 @logger.inject_lambda_context
-@tracer.capture_lambda_handler(capture_response=False)
+@traced
 @metrics.log_metrics
 def lambda_handler(event: Any, context: LambdaContext) -> dict[str, Any]:
     try:

@@ -212,10 +212,23 @@ FUNCTION_ROLES = {
 def _statements(role: str) -> dict[str, dict[str, Any]]:
     """The role's inline policy statements by Sid (one policy per role)."""
     (policy,) = TEMPLATE["Resources"][role]["Properties"]["Policies"]
-    statements = policy["PolicyDocument"]["Statement"]
+    statements = [
+        branch
+        for statement in policy["PolicyDocument"]["Statement"]
+        for branch in _branches(statement)
+    ]
     by_sid = {statement["Sid"]: statement for statement in statements}
     assert len(by_sid) == len(statements)
     return by_sid
+
+
+def _branches(statement: dict[str, Any]) -> list[dict[str, Any]]:
+    """A conditional statement (Fn::If, e.g. X-Ray with Tracing on) counts with every grant it
+    can make: the checks hold whichever way the condition goes."""
+    if "Fn::If" not in statement:
+        return [statement]
+    _, when_true, when_false = statement["Fn::If"]
+    return [branch for branch in (when_true, when_false) if branch != {"Ref": "AWS::NoValue"}]
 
 
 def _actions(statement: dict[str, Any]) -> set[str]:
@@ -487,6 +500,7 @@ def test_environment_names_are_the_templates(local_stack: LocalStackEnv):
         "POWERTOOLS_METRICS_NAMESPACE": "AlipayAppAuth",
         "POWERTOOLS_PARAMETERS_MAX_AGE": "300",
         "POWERTOOLS_LOG_LEVEL": "INFO",
+        "POWERTOOLS_TRACE_DISABLED": "true",  # the Tracing parameter's default: Disabled
         "POWERTOOLS_TRACER_CAPTURE_RESPONSE": "false",
         "POWERTOOLS_TRACER_CAPTURE_ERROR": "true",
     }

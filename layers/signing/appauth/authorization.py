@@ -13,13 +13,12 @@ from __future__ import annotations
 import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 from botocore.exceptions import BotoCoreError, ClientError
 
-from appauth.alipay.client import AlipayClient
-from appauth.alipay.credentials import is_app_id
 from appauth.alipay.errors import AlipayError, OutcomeUnknownError, TransportError
+from appauth.alipay.ids import is_app_id
 from appauth.alipay.models import TokenGrant
 from appauth.authorize_url import DEFAULT_BATCH_TYPES, authorization_url, parse_application_types
 from appauth.errors import (
@@ -31,6 +30,9 @@ from appauth.errors import (
 )
 from appauth.state import MAX_STATE_LENGTH, issue_state, validate_merchant_ref, verify_state
 from appauth.store import TokenStore
+
+if TYPE_CHECKING:
+    from appauth.alipay.client import AlipayClient
 
 CODE_PATTERN = re.compile(r"^[A-Za-z0-9]{8,64}$")
 

@@ -6,9 +6,9 @@ import os
 from collections.abc import Mapping
 from dataclasses import dataclass
 
-from appauth.alipay.client import Endpoints, Protocol
-from appauth.alipay.credentials import is_app_id
+from appauth.alipay.endpoints import Endpoints, Protocol
 from appauth.alipay.errors import ConfigError
+from appauth.alipay.ids import is_app_id
 
 SIGNING_MODES = ("key", "cert")
 PROTOCOLS: tuple[Protocol, ...] = ("v2", "v3")

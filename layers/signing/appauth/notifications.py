@@ -19,9 +19,8 @@ import json
 from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from appauth.alipay.credentials import AppCredentials
 from appauth.alipay.errors import UnexpectedResponseError
 from appauth.alipay.models import TokenGrant, parse_token_response
 from appauth.alipay.signing import parse_beijing_timestamp, parse_form, verify_notification
@@ -29,6 +28,9 @@ from appauth.authorization import Parker, store_grants
 from appauth.errors import InvalidRequestError, WrongAppError
 from appauth.state import MERCHANT_REF_PATTERN
 from appauth.store import TokenStore
+
+if TYPE_CHECKING:
+    from appauth.alipay.credentials import AppCredentials
 
 AUTH_NOTIFY_TYPE = "open_app_auth_notify"
 CANCELLED_METHOD = "alipay.open.auth.appauth.cancelled"

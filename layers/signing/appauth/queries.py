@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from enum import StrEnum
 from typing import Any
 
-from appauth.alipay.credentials import is_app_id
+from appauth.alipay.ids import is_app_id
 from appauth.errors import InvalidRequestError
 from appauth.lifecycle import Status
 

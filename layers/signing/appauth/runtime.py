@@ -14,10 +14,7 @@ from functools import cached_property
 from typing import TYPE_CHECKING
 
 from appauth import aws
-from appauth.alipay.client import AlipayClient
-from appauth.alipay.credentials import AppCredentials
 from appauth.alipay.errors import AppAuthError
-from appauth.alipay.models import TokenGrant
 from appauth.config import Settings
 from appauth.envelope import TokenCipher
 from appauth.parking import GrantSink, Kept
@@ -28,6 +25,9 @@ from appauth.store import TokenStore
 if TYPE_CHECKING:
     from aws_lambda_powertools.utilities.parameters import SSMProvider
 
+    from appauth.alipay.client import AlipayClient
+    from appauth.alipay.credentials import AppCredentials
+    from appauth.alipay.models import TokenGrant
     from appauth.events import EventBridgePublisher
     from appauth.lookup import LookupCache, TokenService
     from appauth.refresh import Refresher, TokenBucket
@@ -57,6 +57,9 @@ class Runtime:
 
     def client(self) -> AlipayClient:
         """The client for the current credentials (rebuilt when a rotated key is picked up)."""
+        # Deferred, like every import of the OpenAPI client: a token look-up never needs it.
+        from appauth.alipay.client import AlipayClient  # noqa: PLC0415
+
         credentials = self.credentials()
         if self._client is None or self._client.credentials is not credentials:
             self._client = AlipayClient(

@@ -12,12 +12,12 @@ from __future__ import annotations
 import hashlib
 from typing import TYPE_CHECKING
 
-from appauth.alipay.credentials import AppCredentials
 from appauth.alipay.errors import ConfigError
 
 if TYPE_CHECKING:
     from aws_lambda_powertools.utilities.parameters import SSMProvider
 
+    from appauth.alipay.credentials import AppCredentials
     from appauth.config import Settings
 
 KEY_MODE_PARAMETERS = ("app-private-key", "alipay-public-key")
@@ -73,6 +73,9 @@ def _get(
 
 def load_credentials(settings: Settings, provider: SSMProvider) -> AppCredentials:
     """The app's signing material for the configured mode; ConfigError names a bad parameter."""
+    # Deferred: parsing keys needs cryptography.x509, which a token look-up never does.
+    from appauth.alipay.credentials import AppCredentials  # noqa: PLC0415
+
     names = CERT_MODE_PARAMETERS if settings.signing_mode == "cert" else KEY_MODE_PARAMETERS
     values = [_get(provider, settings, name) or "" for name in names]
     encrypt_key = _get(provider, settings, "encrypt-key", required=False)

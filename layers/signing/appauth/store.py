@@ -41,7 +41,7 @@ from datetime import UTC, datetime, timedelta
 from enum import StrEnum
 from typing import TYPE_CHECKING, Any, cast
 
-from appauth.alipay.credentials import is_app_id
+from appauth.alipay.ids import is_app_id
 from appauth.alipay.models import AuthorizationInfo, TokenGrant
 from appauth.envelope import SealedTokens, TokenCipher, TokenDecryptionError
 from appauth.errors import StateReplayedError

@@ -15,14 +15,15 @@ import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, replace
 from datetime import UTC, datetime
-from typing import Any, Literal, TypeVar
+from typing import Any, TypeVar
 from urllib.parse import urlsplit
 
 import requests
 from urllib3.exceptions import ConnectTimeoutError, MaxRetryError
 
 from appauth.alipay.credentials import AppCredentials
-from appauth.alipay.errors import AlipayError, ConfigError, OutcomeUnknownError, TransportError
+from appauth.alipay.endpoints import ENVIRONMENTS, PRODUCTION, SANDBOX, Endpoints, Protocol
+from appauth.alipay.errors import AlipayError, OutcomeUnknownError, TransportError
 from appauth.alipay.models import (
     AuthorizationInfo,
     TokenResponse,
@@ -31,6 +32,26 @@ from appauth.alipay.models import (
 )
 from appauth.alipay.signing import build_request, verify_response
 from appauth.alipay.signing_v3 import build_v3_request, verify_v3_response
+
+# The endpoints live in appauth.alipay.endpoints (no requests there: cold starts) and are
+# re-exported here, where the README and ISVs' code import them from.
+__all__ = [
+    "ENVIRONMENTS",
+    "MAX_RESPONSE_BYTES",
+    "NOT_PROCESSED_STATUSES",
+    "POOL_SIZE",
+    "PRODUCTION",
+    "QUERY_METHOD",
+    "SANDBOX",
+    "TOKEN_METHOD",
+    "V3_QUERY_PATH",
+    "V3_TOKEN_PATH",
+    "AlipayClient",
+    "Endpoints",
+    "Protocol",
+    "RetryPolicy",
+    "V3Response",
+]
 
 logger = logging.getLogger(__name__)
 
@@ -44,58 +65,7 @@ MAX_RESPONSE_BYTES = 1024 * 1024
 # a refresh may be resent. A 500, 502 or 504 may come after Alipay processed it: outcome unknown.
 NOT_PROCESSED_STATUSES = frozenset({429, 503})
 POOL_SIZE = 64  # connections kept per host: the refresh run calls Alipay from a thread pool
-Protocol = Literal["v2", "v3"]
 T = TypeVar("T")
-
-
-@dataclass(frozen=True)
-class Endpoints:
-    """Where Alipay lives. Every host is configurable; production and sandbox are presets."""
-
-    gateway_url: str
-    v3_base_url: str
-    auth_base_url: str
-
-    @classmethod
-    def for_environment(
-        cls,
-        environment: str,
-        *,
-        gateway_url: str | None = None,
-        v3_base_url: str | None = None,
-        auth_base_url: str | None = None,
-    ) -> Endpoints:
-        try:
-            preset = ENVIRONMENTS[environment]
-        except KeyError:
-            raise ConfigError(
-                f"unknown Alipay environment {environment!r}; use {' or '.join(ENVIRONMENTS)}",
-                parameter="environment",
-            ) from None
-        return cls(
-            gateway_url or preset.gateway_url,
-            (v3_base_url or preset.v3_base_url).rstrip("/"),
-            (auth_base_url or preset.auth_base_url).rstrip("/"),
-        )
-
-    @classmethod
-    def local(cls, base_url: str) -> Endpoints:
-        """All three on one host, as the Alipay simulator serves them."""
-        base = base_url.rstrip("/")
-        return cls(f"{base}/gateway.do", base, base)
-
-
-PRODUCTION = Endpoints(
-    "https://openapi.alipay.com/gateway.do",
-    "https://openapi.alipay.com",
-    "https://openauth.alipay.com",
-)
-SANDBOX = Endpoints(
-    "https://openapi-sandbox.dl.alipaydev.com/gateway.do",
-    "https://openapi-sandbox.dl.alipaydev.com",
-    "https://openauth-sandbox.dl.alipaydev.com",
-)
-ENVIRONMENTS = {"production": PRODUCTION, "sandbox": SANDBOX}
 
 
 @dataclass(frozen=True)

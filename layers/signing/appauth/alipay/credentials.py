@@ -2,15 +2,14 @@
 
 from __future__ import annotations
 
-import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import TypeGuard
 
 from cryptography.hazmat.primitives.asymmetric import rsa
 
 from appauth.alipay.aes import load_encrypt_key
 from appauth.alipay.errors import ConfigError, SignatureError
+from appauth.alipay.ids import is_app_id
 from appauth.alipay.keys import (
     certificate_sn,
     load_certificate,
@@ -19,13 +18,10 @@ from appauth.alipay.keys import (
     root_certificate_sn,
 )
 
+# is_app_id moved to appauth.alipay.ids (no cryptography there); still importable from here.
+__all__ = ["SIGN_TYPES", "AppCredentials", "is_app_id"]
+
 SIGN_TYPES = ("RSA2", "RSA")
-APP_ID_PATTERN = re.compile(r"^[0-9]{1,32}$")
-
-
-def is_app_id(value: object) -> TypeGuard[str]:
-    """An Alipay app id (the ISV's or a merchant's ``auth_app_id``): ASCII digits only."""
-    return isinstance(value, str) and APP_ID_PATTERN.fullmatch(value) is not None
 
 
 @dataclass(frozen=True)

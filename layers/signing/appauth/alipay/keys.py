@@ -10,12 +10,15 @@ import base64
 import binascii
 import hashlib
 import re
+from typing import TYPE_CHECKING
 
-from cryptography import x509
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import rsa
 
 from appauth.alipay.errors import ConfigError
+
+if TYPE_CHECKING:
+    from cryptography import x509
 
 _PEM_BLOCK = re.compile(rb"-----BEGIN ([A-Z0-9 ]+)-----\s*(.+?)\s*-----END \1-----", re.DOTALL)
 _RSA_SIGNATURE_OID_PREFIX = "1.2.840.113549.1.1"
@@ -82,6 +85,9 @@ def load_public_key(material: str | bytes, *, name: str = "alipay public key") -
     if not data:
         raise ConfigError("is empty", parameter=name)
     key: object
+    # Deferred: cryptography.x509 costs a cold start that key mode never needs.
+    from cryptography import x509  # noqa: PLC0415
+
     try:
         if data.startswith(b"-----BEGIN CERTIFICATE"):
             key = x509.load_pem_x509_certificate(data).public_key()
@@ -149,6 +155,9 @@ def load_certificates(
     With ``rsa_only``, certificates not signed with an RSA-family algorithm are skipped, even
     when they cannot be parsed (the root-bundle rule of the official SDKs).
     """
+    # Deferred: cryptography.x509 costs a cold start that key mode never needs.
+    from cryptography import x509  # noqa: PLC0415
+
     data = _as_bytes(material)
     certs: list[x509.Certificate] = []
     for index, match in enumerate(_PEM_BLOCK.finditer(data), start=1):
