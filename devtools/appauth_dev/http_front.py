@@ -19,6 +19,7 @@ from typing import Any
 from urllib.parse import parse_qsl, urlsplit
 
 from appauth_dev.local_service import FakeContext
+from appauth_dev.loopback import serve_loopback
 
 Handler = Callable[[dict[str, Any], Any], dict[str, Any]]
 MAX_BODY_BYTES = 10 * 1024 * 1024  # API Gateway's payload limit
@@ -109,12 +110,5 @@ def http_front(
         def log_message(self, format: str, *args: Any) -> None:
             return  # no access log: query strings hold codes and states
 
-    server = ThreadingHTTPServer(("127.0.0.1", 0), Front)
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
-    try:
-        yield RunningFront(f"http://127.0.0.1:{server.server_address[1]}", server, requests)
-    finally:
-        server.shutdown()
-        server.server_close()
-        thread.join(timeout=5)
+    with serve_loopback(Front) as serving:
+        yield RunningFront(serving.url, serving.server, requests)

@@ -10,24 +10,16 @@ from __future__ import annotations
 
 import base64
 import json
-import os
-import queue
 import re
 import signal
 import socket
 import stat
 import subprocess
 import sys
-import threading
-import time
 from collections.abc import Iterator
-from contextlib import contextmanager
-from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 import pytest
-import requests
 from cryptography.hazmat.primitives import serialization
 
 from appauth.alipay.keys import load_private_key, load_public_key
@@ -40,51 +32,44 @@ from appauth_dev.cli import (
     EXIT_USAGE,
     main,
 )
+from tests.e2e.cli_helpers import (
+    ALIPAY_PRIVATE,
+    ALIPAY_PUBLIC,
+    ALIPAY_PUBLIC_BARE,
+    APP_PRIVATE_BARE,
+    APP_PRIVATE_PKCS1,
+    APP_PRIVATE_PKCS8,
+    APP_PUBLIC,
+    COMMAND,
+    TIMEOUT,
+    SimulatorProcess,
+    command_env,
+    simulator_process,
+)
 
-ROOT = Path(__file__).resolve().parents[2]
-KEYS = ROOT / "tests" / "vectors" / "keys"
-APP_PRIVATE_PKCS8 = KEYS / "app_private_pkcs8.pem"
-APP_PRIVATE_PKCS1 = KEYS / "app_private_pkcs1.pem"
-APP_PRIVATE_BARE = KEYS / "app_private_pkcs8.bare.txt"
-APP_PUBLIC = KEYS / "app_public.pem"
-ALIPAY_PRIVATE = KEYS / "alipay_private_pkcs8.pem"
-ALIPAY_PUBLIC = KEYS / "alipay_public.pem"
-ALIPAY_PUBLIC_BARE = KEYS / "alipay_public.bare.txt"
+# In-process runs must not pick up the developer's APPAUTH_* settings (subprocesses drop them).
+pytestmark = pytest.mark.usefixtures("no_appauth_environment")
 
-COMMAND = [sys.executable, "-m", "appauth_dev.cli"]
 TOKEN_APP = "alipay.open.auth.token.app"
 TOKEN_QUERY = "alipay.open.auth.token.app.query"
 V3_TOKEN = "/v3/alipay/open/auth/token/app"
 V3_QUERY = "/v3/alipay/open/auth/token/app/query"
-LISTENING = re.compile(r"Alipay simulator listening on (http://[^\s:/]+:\d+)")
 # Tokens are 43 characters and codes 32; the longest legitimate run in any output is a 16-digit id.
 SECRET_RUN = re.compile(r"[0-9A-Za-z]{32,}")
 TRACE_ID = re.compile(r"\[trace [0-9a-f]+\]")
 MASKED_TOKEN = re.compile(r"\d{4}…[0-9A-Za-z]{3} \(43\)")
-STARTUP_SECONDS = 15
-TIMEOUT = 15
 
 
 # --- running the command ----------------------------------------------------------------------
 
 
-def _env() -> dict[str, str]:
-    """The caller's environment without APPAUTH_* settings, with the repository's code importable."""
-    env = {name: value for name, value in os.environ.items() if not name.startswith("APPAUTH_")}
-    paths = [str(ROOT / "layers" / "signing"), str(ROOT / "devtools")]
-    if env.get("PYTHONPATH"):
-        paths.append(env["PYTHONPATH"])
-    env["PYTHONPATH"] = os.pathsep.join(paths)
-    return env
-
-
-def appauth(*args: str | Path) -> subprocess.CompletedProcess[str]:
+def appauth(*args: str | Path, timeout: float = TIMEOUT) -> subprocess.CompletedProcess[str]:
     return subprocess.run(  # noqa: S603 - our own interpreter and module
         [*COMMAND, *map(str, args)],
         capture_output=True,
         text=True,
-        env=_env(),
-        timeout=TIMEOUT,
+        env=command_env(),
+        timeout=timeout,
         check=False,
     )
 
@@ -122,158 +107,27 @@ def assert_no_key_material(text: str, key_file: Path) -> None:
         assert body[start : start + 12] not in text, f"key material at offset {start}"
 
 
-def v2_args(
-    url: str,
-    app_id: str,
-    *,
-    private_key: Path = APP_PRIVATE_PKCS1,
-    public_key: Path = ALIPAY_PUBLIC_BARE,
+def _credential_args(
+    app_id: str, *, private_key: Path = APP_PRIVATE_PKCS1, public_key: Path = ALIPAY_PUBLIC_BARE
 ) -> list[str | Path]:
-    return [
-        "--app-id",
-        app_id,
-        "--app-private-key",
-        private_key,
-        "--alipay-public-key",
-        public_key,
-        "--gateway",
-        f"{url}/gateway.do",
-    ]
+    return ["--app-id", app_id, "--app-private-key", private_key, "--alipay-public-key", public_key]
 
 
-def v3_args(
-    url: str,
-    app_id: str,
-    *,
-    private_key: Path = APP_PRIVATE_PKCS1,
-    public_key: Path = ALIPAY_PUBLIC_BARE,
-) -> list[str | Path]:
-    return [
-        "--v3",
-        "--app-id",
-        app_id,
-        "--app-private-key",
-        private_key,
-        "--alipay-public-key",
-        public_key,
-        "--endpoint",
-        url,
-    ]
+def v2_args(url: str, app_id: str, **keys: Path) -> list[str | Path]:
+    """A v2 call to the simulator at ``url``; ``keys``: ``private_key``, ``public_key``."""
+    return [*_credential_args(app_id, **keys), "--gateway", f"{url}/gateway.do"]
+
+
+def v3_args(url: str, app_id: str, **keys: Path) -> list[str | Path]:
+    """A v3 call to the simulator at ``url``; ``keys``: ``private_key``, ``public_key``."""
+    return ["--v3", *_credential_args(app_id, **keys), "--endpoint", url]
 
 
 def exchange_json(code: str) -> str:
     return json.dumps({"grant_type": "authorization_code", "code": code})
 
 
-# --- the simulator as a process ---------------------------------------------------------------
-
-
-@dataclass
-class SimulatorProcess:
-    process: subprocess.Popen[str]
-    url: str
-
-    def mint(self, **body: Any) -> str:
-        response = requests.post(f"{self.url}/simulator/codes", json=body, timeout=TIMEOUT)
-        assert response.status_code == 200, response.text
-        code: str = response.json()["app_auth_code"]
-        return code
-
-    def stop(self, signum: int = signal.SIGTERM) -> int:
-        self.process.send_signal(signum)
-        return self.process.wait(timeout=TIMEOUT)
-
-
-def _wait_for_url(
-    lines: queue.Queue[str | None], process: subprocess.Popen[str], stderr_file: Path
-) -> str:
-    """Read stdout lines until the listening line, within a deadline (no polling sleeps)."""
-    deadline = time.monotonic() + STARTUP_SECONDS
-    seen: list[str] = []
-    while True:
-        remaining = deadline - time.monotonic()
-        if remaining <= 0:
-            pytest.fail(f"no listening line within {STARTUP_SECONDS}s; stdout: {seen!r}")
-        try:
-            line = lines.get(timeout=remaining)
-        except queue.Empty:
-            continue
-        if line is None:
-            stderr = stderr_file.read_text(encoding="utf-8")
-            pytest.fail(f"the simulator exited ({process.wait()}) before listening: {stderr}")
-        seen.append(line)
-        match = LISTENING.fullmatch(line.rstrip("\n"))
-        if match:
-            return match.group(1)
-
-
-@contextmanager
-def simulator_process(
-    app_id: str, app_public_key: Path, alipay_private_key: Path, stderr_file: Path
-) -> Iterator[SimulatorProcess]:
-    """``appauth simulator --port 0`` with these keys; killed on the way out if still running."""
-    with stderr_file.open("w", encoding="utf-8") as stderr:
-        process = subprocess.Popen(  # noqa: S603 - our own interpreter and module
-            [
-                *COMMAND,
-                "simulator",
-                "--port",
-                "0",
-                "--app-id",
-                app_id,
-                "--app-public-key",
-                str(app_public_key),
-                "--alipay-private-key",
-                str(alipay_private_key),
-                "--seed",
-                "20240601",
-            ],
-            stdout=subprocess.PIPE,
-            stderr=stderr,
-            text=True,
-            env=_env(),
-        )
-    lines: queue.Queue[str | None] = queue.Queue()
-
-    def pump() -> None:  # keeps the pipe drained for the process's whole life
-        assert process.stdout is not None
-        for line in process.stdout:
-            lines.put(line)
-        lines.put(None)
-
-    reader = threading.Thread(target=pump, daemon=True)
-    reader.start()
-    try:
-        yield SimulatorProcess(process, _wait_for_url(lines, process, stderr_file))
-    finally:
-        if process.poll() is None:
-            process.kill()
-            process.wait()
-        reader.join(timeout=TIMEOUT)
-        assert process.stdout is not None
-        process.stdout.close()
-
-
-@pytest.fixture(autouse=True)
-def _no_appauth_environment(monkeypatch: pytest.MonkeyPatch) -> None:
-    """In-process runs must not pick up the developer's APPAUTH_* settings (subprocesses drop them)."""
-    for name in list(os.environ):
-        if name.startswith("APPAUTH_"):
-            monkeypatch.delenv(name)
-
-
-@pytest.fixture(scope="module")
-def app_id(vectors: dict[str, Any]) -> str:
-    value: str = vectors["app_id"]
-    return value
-
-
-@pytest.fixture(scope="module")
-def sim(app_id: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[SimulatorProcess]:
-    """One ``appauth simulator`` process for the module, with the vectors' keys."""
-    stderr_file = tmp_path_factory.mktemp("simulator") / "stderr.txt"
-    with simulator_process(app_id, APP_PUBLIC, ALIPAY_PRIVATE, stderr_file) as running:
-        yield running
+# --- a port nobody listens on ----------------------------------------------------------------
 
 
 @pytest.fixture
@@ -532,6 +386,19 @@ def test_simulator_process_accepts_every_key_format_and_stops_cleanly_on_a_signa
     assert "Traceback" not in stderr_file.read_text(encoding="utf-8")
 
 
+def _simulator_with(app_id: str, *, alipay_private_key: Path) -> subprocess.CompletedProcess[str]:
+    """``appauth simulator`` with the vectors' app public key and this Alipay private key."""
+    return appauth(
+        "simulator",
+        "--app-id",
+        app_id,
+        "--app-public-key",
+        APP_PUBLIC,
+        "--alipay-private-key",
+        alipay_private_key,
+    )
+
+
 def test_simulator_refuses_a_garbage_key_in_one_line_without_echoing_it(
     tmp_path: Path, app_id: str
 ) -> None:
@@ -541,15 +408,7 @@ def test_simulator_refuses_a_garbage_key_in_one_line_without_echoing_it(
         "-----END PRIVATE KEY-----\n",
         encoding="utf-8",
     )
-    result = appauth(
-        "simulator",
-        "--app-id",
-        app_id,
-        "--app-public-key",
-        APP_PUBLIC,
-        "--alipay-private-key",
-        garbage,
-    )
+    result = _simulator_with(app_id, alipay_private_key=garbage)
 
     assert result.returncode == EXIT_USAGE
     assert result.stdout == ""
@@ -559,15 +418,7 @@ def test_simulator_refuses_a_garbage_key_in_one_line_without_echoing_it(
 
 def test_simulator_refuses_a_missing_key_file_in_one_line(tmp_path: Path, app_id: str) -> None:
     missing = tmp_path / "nowhere" / "alipay_private.pem"
-    result = appauth(
-        "simulator",
-        "--app-id",
-        app_id,
-        "--app-public-key",
-        APP_PUBLIC,
-        "--alipay-private-key",
-        missing,
-    )
+    result = _simulator_with(app_id, alipay_private_key=missing)
 
     assert result.returncode == EXIT_USAGE
     assert result.stdout == ""
@@ -746,15 +597,7 @@ def test_a_binary_key_file_exits_2_in_one_line(
         argv = v2_args(f"http://127.0.0.1:{closed_port}", app_id, private_key=key_file)
         result = appauth("api", TOKEN_APP, "--biz-content", "{}", *argv)
     else:
-        result = appauth(
-            "simulator",
-            "--app-id",
-            app_id,
-            "--app-public-key",
-            APP_PUBLIC,
-            "--alipay-private-key",
-            key_file,
-        )
+        result = _simulator_with(app_id, alipay_private_key=key_file)
 
     assert result.returncode == EXIT_USAGE
     assert "private key" in one_line(result.stderr)
@@ -816,7 +659,8 @@ def test_a_missing_app_id_exits_2(capsys: pytest.CaptureFixture[str], closed_por
 
 
 def test_demo_runs_the_lifecycle_and_prints_only_masked_secrets() -> None:
-    result = appauth("demo")
+    # The whole lifecycle takes about 6 s alone; a bound, not a timing, on a busy 2-core machine.
+    result = appauth("demo", timeout=120)
 
     assert result.returncode == EXIT_OK, result.stderr
     assert result.stderr == ""

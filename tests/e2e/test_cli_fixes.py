@@ -17,13 +17,12 @@ from __future__ import annotations
 
 import functools
 import json
-import os
 import re
 import shutil
 import subprocess
-import threading
 from collections.abc import Iterator
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from dataclasses import dataclass
+from http.server import BaseHTTPRequestHandler
 from pathlib import Path
 from typing import Any
 
@@ -41,26 +40,28 @@ from appauth_dev.cli import (
     main,
 )
 from appauth_dev.keygen import DEFAULT_KEY_DIR
-from tests.e2e.test_cli import (
+from appauth_dev.loopback import serve_loopback
+from tests.e2e.cli_helpers import (
     ALIPAY_PRIVATE,
     ALIPAY_PUBLIC_BARE,
     APP_PRIVATE_PKCS1,
     APP_PUBLIC,
     COMMAND,
-    KEYGEN_FILES,
     ROOT,
     TIMEOUT,
+    SimulatorProcess,
+    command_env,
+)
+from tests.e2e.test_cli import (
+    KEYGEN_FILES,
     TOKEN_APP,
     TOKEN_QUERY,
     V3_QUERY,
     V3_TOKEN,
-    SimulatorProcess,
-    _env,
     appauth,
     exchange_json,
     one_line,
     run_main,
-    simulator_process,
     v2_args,
     v3_args,
 )
@@ -75,33 +76,19 @@ LOCAL_GATEWAY = "http://127.0.0.1:9/gateway.do"
 LOCAL_ENDPOINT = "http://127.0.0.1:9"
 TRACE = "0b8a3c5e17171717171717171717aa01"
 
-
-@pytest.fixture(autouse=True)
-def _no_appauth_environment(monkeypatch: pytest.MonkeyPatch) -> None:
-    """In-process runs must not pick up the developer's APPAUTH_* settings."""
-    for name in [name for name in os.environ if name.startswith("APPAUTH_")]:
-        monkeypatch.delenv(name)
-
-
-@pytest.fixture(scope="module")
-def app_id(vectors: dict[str, Any]) -> str:
-    value: str = vectors["app_id"]
-    return value
-
-
-@pytest.fixture(scope="module")
-def sim(app_id: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[SimulatorProcess]:
-    stderr_file = tmp_path_factory.mktemp("simulator") / "stderr.txt"
-    with simulator_process(app_id, APP_PUBLIC, ALIPAY_PRIVATE, stderr_file) as running:
-        yield running
+# In-process runs must not pick up the developer's APPAUTH_* settings.
+pytestmark = pytest.mark.usefixtures("no_appauth_environment")
 
 
 @pytest.fixture
-def faults(sim: SimulatorProcess) -> Iterator[str]:
-    """The simulator's fault-rule URL; every rule (and injected timeout) is gone afterwards."""
-    yield f"{sim.url}/simulator/faults/rules"
-    requests.delete(f"{sim.url}/simulator/faults/rules", timeout=TIMEOUT)
-    requests.post(f"{sim.url}/simulator/reset", json={}, timeout=TIMEOUT)
+def environment(
+    request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch, no_appauth_environment: None
+) -> dict[str, str]:
+    """The APPAUTH_* settings a case names (parametrized indirectly), set for its run."""
+    settings: dict[str, str] = request.param
+    for name, value in settings.items():
+        monkeypatch.setenv(name, value)
+    return settings
 
 
 class CalledError(Exception):
@@ -190,20 +177,19 @@ CONTRADICTIONS = {
 
 @pytest.mark.usefixtures("no_network")
 @pytest.mark.parametrize(
-    ("argv", "environment", "flag"), CONTRADICTIONS.values(), ids=CONTRADICTIONS.keys()
+    ("argv", "environment", "flag"),
+    CONTRADICTIONS.values(),
+    ids=CONTRADICTIONS.keys(),
+    indirect=["environment"],
 )
 def test_a_flag_the_call_would_ignore_is_refused_before_anything_is_sent(
     *,
     capsys: pytest.CaptureFixture[str],
-    monkeypatch: pytest.MonkeyPatch,
     app_id: str,
     argv: list[str],
     environment: dict[str, str],
     flag: str,
 ) -> None:
-    for name, value in environment.items():
-        monkeypatch.setenv(name, value)
-
     code, out, err = run_main(capsys, "api", *argv, "--app-id", app_id, *KEY_ARGS)
 
     assert (code, out) == (EXIT_USAGE, "")
@@ -251,18 +237,11 @@ def test_v3_with_gateway_exits_2_as_a_process_instead_of_calling_production(app_
         ([TOKEN_QUERY, "--biz-content", "{}"], {}, "openapi.alipay.com"),  # nothing: production
     ],
     ids=["environment-beats-APPAUTH_GATEWAY", "v3-takes-APPAUTH_ENDPOINT", "default-production"],
+    indirect=["environment"],
 )
 def test_the_host_is_the_one_the_user_chose(
-    *,
-    monkeypatch: pytest.MonkeyPatch,
-    app_id: str,
-    argv: list[str],
-    environment: dict[str, str],
-    host: str,
+    *, app_id: str, argv: list[str], environment: dict[str, str], host: str
 ) -> None:
-    for name, value in environment.items():
-        monkeypatch.setenv(name, value)
-
     with pytest.raises(CalledError) as called:
         main(["api", *argv, "--app-id", app_id, *KEY_ARGS])
 
@@ -308,17 +287,8 @@ def traced_gateway(sim: SimulatorProcess) -> Iterator[str]:
         def log_message(self, format: str, *args: Any) -> None:
             pass
 
-    server = ThreadingHTTPServer(("127.0.0.1", 0), Forward)
-    thread = threading.Thread(
-        target=server.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True
-    )
-    thread.start()
-    try:
-        yield f"http://127.0.0.1:{server.server_address[1]}"
-    finally:
-        server.shutdown()
-        server.server_close()
-        thread.join(timeout=TIMEOUT)
+    with serve_loopback(Forward) as serving:
+        yield serving.url
 
 
 def test_a_v2_alipay_error_names_the_gateways_trace_id(
@@ -353,15 +323,36 @@ def test_a_v3_alipay_error_keeps_its_own_trace_id(
 # --- a simulated timeout ----------------------------------------------------------------------
 
 
-def _time_out(faults: str, method: str, count: int, seconds: float = 0) -> None:
-    rule = {"method": method, "fault": "timeout", "timeout_seconds": seconds, "count": count}
-    assert requests.post(faults, json=rule, timeout=TIMEOUT).status_code == 200
+@dataclass
+class Timeouts:
+    """Timeout faults on the simulator process, and the CLI's AlipayClient options to meet them."""
+
+    sim: SimulatorProcess
+    monkeypatch: pytest.MonkeyPatch
+
+    def inject(self, method: str, count: int, seconds: float = 0) -> None:
+        """The next ``count`` calls of ``method`` time out (held ``seconds``, then unanswered)."""
+        rule = {"method": method, "fault": "timeout", "timeout_seconds": seconds, "count": count}
+        answer = requests.post(f"{self.sim.url}/simulator/faults/rules", json=rule, timeout=TIMEOUT)
+        assert answer.status_code == 200
+
+    def client_options(self, **options: Any) -> None:
+        """The CLI builds its AlipayClient with these keyword arguments too."""
+        self.monkeypatch.setattr(cli, "AlipayClient", functools.partial(AlipayClient, **options))
+
+
+@pytest.fixture
+def timeouts(sim: SimulatorProcess, monkeypatch: pytest.MonkeyPatch) -> Iterator[Timeouts]:
+    """Every rule (and injected timeout) is gone afterwards."""
+    yield Timeouts(sim, monkeypatch)
+    requests.delete(f"{sim.url}/simulator/faults/rules", timeout=TIMEOUT)
+    requests.post(f"{sim.url}/simulator/reset", json={}, timeout=TIMEOUT)
 
 
 def test_a_timed_out_v2_exchange_is_outcome_unknown_not_connection_failed(
-    sim: SimulatorProcess, app_id: str, faults: str
+    sim: SimulatorProcess, app_id: str, timeouts: Timeouts
 ) -> None:
-    _time_out(faults, TOKEN_APP, count=1)  # processed, then the connection closes unanswered
+    timeouts.inject(TOKEN_APP, count=1)  # processed, then the connection closes unanswered
 
     result = appauth(
         "api", TOKEN_APP, "--biz-content", exchange_json(sim.mint()), *v2_args(sim.url, app_id)
@@ -377,9 +368,9 @@ def test_a_timed_out_v2_exchange_is_outcome_unknown_not_connection_failed(
 
 
 def test_a_timed_out_v3_exchange_is_outcome_unknown(
-    capsys: pytest.CaptureFixture[str], sim: SimulatorProcess, app_id: str, faults: str
+    capsys: pytest.CaptureFixture[str], sim: SimulatorProcess, app_id: str, timeouts: Timeouts
 ) -> None:
-    _time_out(faults, TOKEN_APP, count=1)
+    timeouts.inject(TOKEN_APP, count=1)
 
     code, out, err = run_main(
         capsys,
@@ -396,15 +387,10 @@ def test_a_timed_out_v3_exchange_is_outcome_unknown(
 
 
 def test_a_query_that_keeps_timing_out_is_a_timeout_after_its_retries(
-    capsys: pytest.CaptureFixture[str],
-    monkeypatch: pytest.MonkeyPatch,
-    sim: SimulatorProcess,
-    app_id: str,
-    faults: str,
+    capsys: pytest.CaptureFixture[str], sim: SimulatorProcess, app_id: str, timeouts: Timeouts
 ) -> None:
-    no_backoff = functools.partial(AlipayClient, sleep=lambda seconds: None)
-    monkeypatch.setattr(cli, "AlipayClient", no_backoff)
-    _time_out(faults, TOKEN_QUERY, count=3)
+    timeouts.client_options(sleep=lambda seconds: None)  # no backoff between the tries
+    timeouts.inject(TOKEN_QUERY, count=3)
 
     code, out, err = run_main(
         capsys,
@@ -422,16 +408,12 @@ def test_a_query_that_keeps_timing_out_is_a_timeout_after_its_retries(
 
 
 def test_an_answer_slower_than_the_read_timeout_is_a_timeout(
-    capsys: pytest.CaptureFixture[str],
-    monkeypatch: pytest.MonkeyPatch,
-    sim: SimulatorProcess,
-    app_id: str,
-    faults: str,
+    capsys: pytest.CaptureFixture[str], sim: SimulatorProcess, app_id: str, timeouts: Timeouts
 ) -> None:
     # The simulator holds the call for 60 s (ended by the fixture's reset); the client gives up
     # after 0.3 s, the shortest wait that still shows a read timeout.
-    monkeypatch.setattr(cli, "AlipayClient", functools.partial(AlipayClient, read_timeout=0.3))
-    _time_out(faults, TOKEN_APP, count=1, seconds=60)
+    timeouts.client_options(read_timeout=0.3)
+    timeouts.inject(TOKEN_APP, count=1, seconds=60)
 
     code, out, err = run_main(
         capsys,
@@ -517,7 +499,7 @@ def _keygen(cwd: Path, *args: str) -> subprocess.CompletedProcess[str]:
         cwd=cwd,
         capture_output=True,
         text=True,
-        env=_env(),
+        env=command_env(),
         timeout=TIMEOUT,
         check=False,
     )

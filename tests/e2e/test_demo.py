@@ -7,19 +7,15 @@ it changes are put back); the failure and Ctrl-C run the real command in a subpr
 
 from __future__ import annotations
 
-import os
 import re
-import signal
 import subprocess
 import sys
-import threading
-from pathlib import Path
 
 import pytest
 
 from appauth_dev.demo import FAIL_AT_ENV, STEPS, run_demo
+from tests.e2e.cli_helpers import ROOT, command_env, interrupted_on_exit
 
-ROOT = Path(__file__).resolve().parents[2]
 COMMAND = [sys.executable, "-m", "appauth_dev.cli", "demo"]
 TIMEOUT = 60  # the demo's own work takes a few seconds; generous for a slow CI machine
 MASKED_TOKEN = re.compile(r"\d{4}…[0-9A-Za-z]{3} \(43\)")
@@ -72,16 +68,6 @@ TABLE_ROW = re.compile(
 )
 
 
-def _env(**extra: str) -> dict[str, str]:
-    """The caller's environment without APPAUTH_* settings, the repository's code importable."""
-    env = {name: value for name, value in os.environ.items() if not name.startswith("APPAUTH_")}
-    paths = [str(ROOT / "layers" / "signing"), str(ROOT / "devtools")]
-    if env.get("PYTHONPATH"):
-        paths.append(env["PYTHONPATH"])
-    env["PYTHONPATH"] = os.pathsep.join(paths)
-    return {**env, **extra}
-
-
 def test_every_lifecycle_step_is_shown_checked_and_summed_up_in_a_table(
     capsys: pytest.CaptureFixture[str],
 ) -> None:
@@ -116,7 +102,7 @@ def test_a_failing_step_exits_non_zero_naming_the_step() -> None:
         COMMAND,
         capture_output=True,
         text=True,
-        env=_env(**{FAIL_AT_ENV: "merchant-call"}),
+        env=command_env(**{FAIL_AT_ENV: "merchant-call"}),
         timeout=TIMEOUT,
         check=False,
         cwd=ROOT,
@@ -145,39 +131,10 @@ def test_an_unknown_step_to_fail_at_is_a_usage_error(capsys: pytest.CaptureFixtu
 
 
 def test_ctrl_c_stops_everything_without_a_traceback() -> None:
-    process = subprocess.Popen(  # noqa: S603 - our own interpreter and module
-        COMMAND,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-        env=_env(),
-        cwd=ROOT,
-    )
-    assert process.stdout is not None
-    seen: list[str] = []
-    started = threading.Event()
+    with interrupted_on_exit(COMMAND, ready=r"^ 1\. start page", timeout=TIMEOUT) as run:
+        pass  # Ctrl-C once the first step is under way
 
-    def read() -> None:
-        assert process.stdout is not None
-        for line in process.stdout:
-            seen.append(line)
-            if re.match(r" 1\. start page", line):
-                started.set()
-
-    reader = threading.Thread(target=read, daemon=True)
-    reader.start()
-    try:
-        assert started.wait(TIMEOUT), "".join(seen)
-        process.send_signal(signal.SIGINT)
-        code = process.wait(timeout=TIMEOUT)
-    finally:
-        if process.poll() is None:
-            process.kill()
-    reader.join(timeout=10)
-    assert process.stderr is not None
-    stderr = process.stderr.read()
-
-    assert code == 130, stderr
-    assert "Traceback" not in stderr
-    assert "demo interrupted: everything it started is stopped" in stderr
-    assert "demo OK" not in "".join(seen)
+    assert run.code == 130, run.stderr
+    assert "Traceback" not in run.stderr
+    assert "demo interrupted: everything it started is stopped" in run.stderr
+    assert "demo OK" not in run.stdout

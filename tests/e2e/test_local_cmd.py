@@ -11,19 +11,14 @@ the real command stops it without a traceback.
 from __future__ import annotations
 
 import json
-import os
 import queue
 import re
-import signal
-import subprocess
-import sys
 import threading
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from html.parser import HTMLParser
-from pathlib import Path
 from typing import Any
 from urllib.parse import urljoin
 
@@ -37,8 +32,8 @@ from appauth_dev.local_cmd import (
     FrontedService,
     run_local,
 )
+from tests.e2e.cli_helpers import COMMAND, interrupted_on_exit
 
-ROOT = Path(__file__).resolve().parents[2]
 READY_SECONDS = 60
 MERCHANT_APP = "2021000000004242"
 
@@ -221,49 +216,18 @@ def test_the_accelerated_schedule_rotates_a_merchant_while_it_runs() -> None:
 
 
 def test_ctrl_c_stops_the_real_command_without_a_traceback() -> None:
-    env = {name: value for name, value in os.environ.items() if not name.startswith("APPAUTH_")}
-    env["PYTHONPATH"] = os.pathsep.join(
-        [str(ROOT / "layers" / "signing"), str(ROOT / "devtools"), env.get("PYTHONPATH", "")]
-    )
-    process = subprocess.Popen(
-        [sys.executable, "-m", "appauth_dev.cli", "local", "--refresh-every", "0"],
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-        env=env,
-        cwd=ROOT,
-    )
-    seen: list[str] = []
-    ready = threading.Event()
-
-    def read() -> None:
-        assert process.stdout is not None
-        for line in process.stdout:
-            seen.append(line)
-            if "Ctrl-C stops everything" in line:
-                ready.set()
-
-    reader = threading.Thread(target=read, daemon=True)
-    reader.start()
-    try:
-        assert ready.wait(READY_SECONDS), "".join(seen)
-        output = "".join(seen)
+    command = [*COMMAND, "local", "--refresh-every", "0"]
+    with interrupted_on_exit(
+        command, ready="Ctrl-C stops everything", timeout=READY_SECONDS
+    ) as run:
         front = re.search(
-            r"start page \(single\)\s+(http://127\.0\.0\.1:\d+)/alipay/authorize", output
+            r"start page \(single\)\s+(http://127\.0\.0\.1:\d+)/alipay/authorize", run.stdout
         )
-        assert front, output
+        assert front, run.stdout
         assert requests.get(f"{front[1]}/alipay/authorize", timeout=30).status_code == 200
-        process.send_signal(signal.SIGINT)
-        code = process.wait(timeout=READY_SECONDS)
-    finally:
-        if process.poll() is None:
-            process.kill()
-    reader.join(timeout=10)
-    assert process.stderr is not None
-    stderr = process.stderr.read()
-    assert code == 0, stderr
-    assert "Traceback" not in stderr
-    assert "stopped" in stderr
+    assert run.code == 0, run.stderr
+    assert "Traceback" not in run.stderr
+    assert "stopped" in run.stderr
     # Everything it started is gone: the front no longer answers.
     try:
         requests.get(f"{front[1]}/alipay/authorize", timeout=5)

@@ -15,7 +15,6 @@ import json
 import socket
 import sys
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -39,6 +38,7 @@ from appauth_dev.operator import (
     main,
 )
 from appauth_dev.simulator.control import SimulatorControl
+from tests.e2e.cli_helpers import Ran
 
 LISTED = "2021000000007001"  # list, show, describe
 REFRESHED = "2021000000007002"
@@ -49,16 +49,6 @@ DEAD = "2021000000007006"
 DEAD_PLAIN = "2021000000007007"
 UNKNOWN = "2021000000007999"
 RICH_TERMINAL_VARIABLES = ("FORCE_COLOR", "TTY_COMPATIBLE", "TTY_INTERACTIVE", "NO_COLOR")
-
-
-@dataclass
-class Ran:
-    code: int
-    out: str
-    err: str
-
-    def json(self) -> Any:
-        return json.loads(self.out)
 
 
 Run = Callable[..., Ran]
@@ -360,6 +350,14 @@ def _key_files(folder: Path) -> tuple[Path, Path]:
     return app, alipay
 
 
+def _secrets_put(run: Run, app_key: Path, alipay_key: Path, prefix: str, *options: str) -> Ran:
+    """``appauth secrets put`` of these two key files under ``prefix``."""
+    return run(
+        "secrets", "put", "--app-private-key", str(app_key), "--alipay-public-key",
+        str(alipay_key), "--prefix", prefix, *options,
+    )  # fmt: skip
+
+
 def _under(prefix: str) -> list[dict[str, Any]]:
     parameters: list[dict[str, Any]] = _client("ssm").get_parameters_by_path(
         Path=prefix, Recursive=True, WithDecryption=True
@@ -371,10 +369,7 @@ def test_secrets_put_writes_secure_strings_without_echoing_keys(tmp_path: Path, 
     app, alipay = _key_files(tmp_path)
     prefix = "/appauth/optest"
 
-    written = run(
-        "secrets", "put", "--app-private-key", str(app), "--alipay-public-key", str(alipay),
-        "--new-state-secret", "--prefix", prefix,
-    )  # fmt: skip
+    written = _secrets_put(run, app, alipay, prefix, "--new-state-secret")
     assert written.code == EXIT_OK, written.err
     parameters = {p["Name"]: p for p in _under(prefix)}
     assert set(parameters) == {
@@ -399,10 +394,7 @@ def test_secrets_put_writes_secure_strings_without_echoing_keys(tmp_path: Path, 
     rotated = tmp_path / "rotated"
     rotated.mkdir()
     rotated_app, rotated_alipay = _key_files(rotated)
-    again = run(
-        "secrets", "put", "--app-private-key", str(rotated_app), "--alipay-public-key",
-        str(rotated_alipay), "--prefix", prefix, "--json",
-    )  # fmt: skip
+    again = _secrets_put(run, rotated_app, rotated_alipay, prefix, "--json")
     assert again.code == EXIT_OK, again.err
     assert [entry["name"] for entry in again.json()["written"]] == [
         f"{prefix}/app-private-key",
@@ -421,27 +413,18 @@ def test_secrets_put_refuses_a_malformed_key_naming_the_option_and_writes_nothin
     bad.write_text("-----BEGIN PRIVATE KEY-----\nbm90IGEga2V5\n-----END PRIVATE KEY-----\n")
     prefix = "/appauth/opbad"
 
-    refused = run(
-        "secrets", "put", "--app-private-key", str(bad), "--alipay-public-key", str(alipay),
-        "--new-state-secret", "--prefix", prefix,
-    )  # fmt: skip
+    refused = _secrets_put(run, bad, alipay, prefix, "--new-state-secret")
     assert refused.code == EXIT_USAGE
     assert "--app-private-key" in refused.err
     assert "bm90IGEga2V5" not in refused.err
 
     # A good private key with a bad public key: the private key is not written either.
-    refused = run(
-        "secrets", "put", "--app-private-key", str(app), "--alipay-public-key", str(bad),
-        "--new-state-secret", "--prefix", prefix,
-    )  # fmt: skip
+    refused = _secrets_put(run, app, bad, prefix, "--new-state-secret")
     assert refused.code == EXIT_USAGE
     assert "--alipay-public-key" in refused.err
 
     # A first write without a state secret is refused too (the service needs one).
-    refused = run(
-        "secrets", "put", "--app-private-key", str(app), "--alipay-public-key", str(alipay),
-        "--prefix", prefix,
-    )  # fmt: skip
+    refused = _secrets_put(run, app, alipay, prefix)
     assert refused.code == EXIT_USAGE
     assert "--new-state-secret" in refused.err
     assert _under(prefix) == []

@@ -10,11 +10,7 @@ import json
 import logging
 import re
 import socket
-import threading
 import time
-from collections.abc import Iterator
-from dataclasses import dataclass, field
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 from urllib.parse import parse_qs, urlsplit
 
@@ -28,6 +24,7 @@ from appauth.alipay.signing import parse_form, rsa_verify, sign_content, verify_
 from appauth.state import issue_state
 from appauth_dev.simulator import RunningSimulator, SimulatorControl, SimulatorControlError
 from appauth_dev.simulator.notify import TAMPER_KINDS
+from tests.e2e.notify_receiver import NotifyReceiver
 from tests.e2e.single_shot import make_client
 
 TIMEOUT = 10
@@ -37,61 +34,8 @@ BEIJING_TIME = re.compile(r"^\d{4}-\d{2}-\d{2} \d{2}:\d{2}:\d{2}$")
 # --- a loopback ISV notify endpoint ---------------------------------------------------------------
 
 
-@dataclass
-class Receiver:
-    """Records every POST body; answers the queued (status, body) pairs, then ``default``."""
-
-    default: tuple[int, str] = (200, "success")
-    queued: list[tuple[int, str]] = field(default_factory=list)
-    bodies: list[str] = field(default_factory=list)
-    port: int = 0
-    lock: threading.Lock = field(default_factory=threading.Lock)
-
-    @property
-    def url(self) -> str:
-        return f"http://127.0.0.1:{self.port}/alipay/notify"
-
-    def answer(self) -> tuple[int, str]:
-        with self.lock:
-            return self.queued.pop(0) if self.queued else self.default
-
-    def params(self) -> list[dict[str, str]]:
-        return [parse_form(body) for body in self.bodies]
-
-
 @pytest.fixture
-def receiver() -> Iterator[Receiver]:
-    caught = Receiver()
-
-    class Handler(BaseHTTPRequestHandler):
-        def do_POST(self) -> None:
-            body = self.rfile.read(int(self.headers.get("Content-Length", "0")))
-            with caught.lock:
-                caught.bodies.append(body.decode("utf-8"))
-            status, text = caught.answer()
-            answer = text.encode("utf-8")
-            self.send_response(status)
-            self.send_header("Content-Length", str(len(answer)))
-            self.end_headers()
-            self.wfile.write(answer)
-
-        def log_message(self, format: str, *args: Any) -> None:
-            pass
-
-    server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-    caught.port = int(server.server_address[1])
-    thread = threading.Thread(target=server.serve_forever, args=(0.05,), daemon=True)
-    thread.start()
-    try:
-        yield caught
-    finally:
-        server.shutdown()
-        server.server_close()
-        thread.join(timeout=5)
-
-
-@pytest.fixture
-def wired(ctl: SimulatorControl, receiver: Receiver) -> Receiver:
+def wired(ctl: SimulatorControl, receiver: NotifyReceiver) -> NotifyReceiver:
     """The receiver, configured as the simulator's notify_url."""
     ctl.behaviour(notify_url=receiver.url)
     return receiver

@@ -6,10 +6,6 @@ from __future__ import annotations
 
 import json
 import socket
-import threading
-from collections.abc import Iterator
-from dataclasses import dataclass, field
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
 import pytest
@@ -362,55 +358,10 @@ def test_behaviour_defaults_validation_and_reset(
 # --- cancellation and its notification ----------------------------------------------------------------
 
 
-@dataclass
-class NotifyCatcher:
-    """A tiny ISV notify endpoint on loopback: records each POST and answers ``answer``."""
-
-    status: int = 200
-    answer: str = "success"
-    received: list[tuple[dict[str, str], str]] = field(default_factory=list)
-    port: int = 0
-
-    @property
-    def url(self) -> str:
-        return f"http://127.0.0.1:{self.port}/alipay/notify"
-
-
-@pytest.fixture
-def catcher() -> Iterator[NotifyCatcher]:
-    caught = NotifyCatcher()
-
-    class Handler(BaseHTTPRequestHandler):
-        def do_POST(self) -> None:
-            body = self.rfile.read(int(self.headers.get("Content-Length", "0")))
-            caught.received.append(
-                ({k.lower(): v for k, v in self.headers.items()}, body.decode("utf-8"))
-            )
-            answer = caught.answer.encode("utf-8")
-            self.send_response(caught.status)
-            self.send_header("Content-Length", str(len(answer)))
-            self.end_headers()
-            self.wfile.write(answer)
-
-        def log_message(self, format: str, *args: Any) -> None:
-            pass
-
-    server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-    caught.port = int(server.server_address[1])
-    thread = threading.Thread(target=server.serve_forever, args=(0.05,), daemon=True)
-    thread.start()
-    try:
-        yield caught
-    finally:
-        server.shutdown()
-        server.server_close()
-        thread.join(timeout=5)
-
-
 def test_a_silent_cancellation_has_no_notification(
-    simulator: RunningSimulator, ctl: SimulatorControl, app_credentials, catcher
+    simulator: RunningSimulator, ctl: SimulatorControl, app_credentials, receiver
 ):
-    ctl.behaviour(notify_url=catcher.url)
+    ctl.behaviour(notify_url=receiver.url)
     client = make_client(simulator, app_credentials, "v2")
     grant = authorize(ctl, client)
     assert ctl.revoke(grant.auth_app_id) == {
@@ -418,7 +369,7 @@ def test_a_silent_cancellation_has_no_notification(
         "revoked_pairs": 1,
         "notification": None,
     }
-    assert catcher.received == []
+    assert receiver.received == []
     assert not client.query_authorization(grant.app_auth_token).valid
     assert record(ctl, grant.auth_app_id)["status"] == "cancelled"
     with pytest.raises(SimulatorControlError) as unknown:
@@ -470,9 +421,9 @@ def test_a_notified_cancellation_is_signed_like_alipay(
 
 
 def test_a_notified_cancellation_is_delivered(
-    simulator: RunningSimulator, ctl: SimulatorControl, app_credentials, catcher
+    simulator: RunningSimulator, ctl: SimulatorControl, app_credentials, receiver
 ):
-    ctl.behaviour(notify_url=catcher.url)
+    ctl.behaviour(notify_url=receiver.url)
     grant = authorize(ctl, make_client(simulator, app_credentials, "v2"))
     notification = ctl.revoke(grant.auth_app_id, notify=True)["notification"]
     assert (notification["delivered"], notification["status"], notification["answer"]) == (
@@ -480,22 +431,22 @@ def test_a_notified_cancellation_is_delivered(
         200,
         "success",
     )
-    [(headers, body)] = catcher.received
+    [(headers, body)] = receiver.received
     assert body == notification["form_body"]
     assert headers["content-type"] == "application/x-www-form-urlencoded; charset=utf-8"
     verify_notification(parse_form(body), app_credentials)
     # The Python equivalent on the running simulator.
     again = authorize(ctl, make_client(simulator, app_credentials, "v2"))
     assert simulator.revoke(again.auth_app_id, notify=True)["notification"]["delivered"]
-    assert len(catcher.received) == 2
+    assert len(receiver.received) == 2
 
 
 def test_a_refused_or_failed_delivery_is_reported_not_raised(
-    simulator: RunningSimulator, ctl: SimulatorControl, app_credentials, catcher
+    simulator: RunningSimulator, ctl: SimulatorControl, app_credentials, receiver
 ):
     client = make_client(simulator, app_credentials, "v2")
-    catcher.status, catcher.answer = 500, "fail"
-    ctl.behaviour(notify_url=catcher.url)
+    receiver.default = (500, "fail")
+    ctl.behaviour(notify_url=receiver.url)
     grant = authorize(ctl, client)
     notification = ctl.revoke(grant.auth_app_id, notify=True)["notification"]
     assert (notification["delivered"], notification["status"], notification["answer"]) == (

@@ -6,24 +6,35 @@ from __future__ import annotations
 
 import base64
 import copy
+import importlib
 import json
 import logging
 import sys
 from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass
+from datetime import UTC, datetime
 from pathlib import Path
 from types import ModuleType
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Self
 from urllib.parse import parse_qsl, urlencode, urlsplit
 
 import boto3
 import requests
+from cryptography.hazmat.primitives import hashes
+from cryptography.hazmat.primitives.asymmetric import padding
 
+from appauth.alipay.keys import load_private_key
+from appauth.alipay.signing import beijing_timestamp, dumps_compact, sign_content
+from appauth.runtime import runtime
 from appauth_dev.local_service import FakeContext
+from tests.conftest import read_vector_file
 
 if TYPE_CHECKING:
     from mypy_boto3_dynamodb import DynamoDBClient
+
+    from appauth.store import TokenStore
+    from tests.integration.conftest import ServiceStack
 
 EVENTS_DIR = Path(__file__).resolve().parents[2] / "events"
 REGION = "us-east-1"
@@ -142,6 +153,60 @@ def set_faults(simulator_url: str, **faults: Any) -> None:
     requests.post(f"{simulator_url}/simulator/faults", json=faults, timeout=10).raise_for_status()
 
 
+# --- a grant notification as Alipay sends it -------------------------------------------------------
+
+
+def grant_notification(
+    app_id: str,
+    auth_app_id: str,
+    *,
+    tokens: tuple[str, str],
+    trigger_context: dict[str, str],
+    charset: str = "utf-8",
+    auth_time: bool = True,
+    notify_time: str | None = None,
+) -> dict[str, str]:
+    """The fields of an ``open_app_auth_notify`` granting ``tokens`` (app_auth_token,
+    app_refresh_token), unsigned and without a ``notify_id``; ``notify_time`` is now in Beijing
+    time unless given."""
+    now = datetime.now(UTC)
+    detail: dict[str, Any] = {
+        "app_auth_token": tokens[0],
+        "app_refresh_token": tokens[1],
+        "user_id": "2088102175794899",
+        "auth_app_id": auth_app_id,
+        "app_id": app_id,
+        "expires_in": 31536000,
+        "re_expires_in": 32140800,
+    }
+    if auth_time:
+        detail["auth_time"] = int(now.timestamp() * 1000)
+    content = {
+        "notify_context": {"trigger": "auth_app", "trigger_context": trigger_context},
+        "detail": detail,
+        "error": {},
+    }
+    return {
+        "notify_type": "open_app_auth_notify",
+        "notify_time": beijing_timestamp(now) if notify_time is None else notify_time,
+        "app_id": app_id,
+        "charset": charset,
+        "version": "1.0",
+        "sign_type": "RSA2",
+        "status": "execute_auth",
+        "biz_content": dumps_compact(content),
+    }
+
+
+def alipay_signed(params: dict[str, str], *, charset: str = "utf-8") -> dict[str, str]:
+    """Signed as Alipay signs: the sign content of the decoded values, in the form's charset,
+    with the vectors' Alipay private key (``sign_type`` left out, one of the two rules)."""
+    key = load_private_key(read_vector_file("keys/alipay_private_pkcs8.pem"))
+    content = sign_content(params, exclude=("sign", "sign_type")).encode(charset)
+    signature = key.sign(content, padding.PKCS1v15(), hashes.SHA256())
+    return {**params, "sign": base64.b64encode(signature).decode("ascii")}
+
+
 # --- raw reads of the local stack ---------------------------------------------------------------
 
 
@@ -223,6 +288,52 @@ def parked_messages(endpoint_url: str, queue_url: str, region: str) -> int:
         AttributeNames=["ApproximateNumberOfMessages", "ApproximateNumberOfMessagesNotVisible"],
     )["Attributes"]
     return sum(int(value) for value in attributes.values())
+
+
+# --- the function under test ----------------------------------------------------------------------
+
+
+@dataclass
+class CallbackFunction:
+    """The callback function in-process, the local stack (and the simulator) behind it."""
+
+    module: ModuleType
+    service: ServiceStack
+    db: DynamoDBClient
+
+    @classmethod
+    def load(cls, service: ServiceStack) -> Self:
+        # Imported once the environment is the template's: Powertools reads the service name and
+        # the metrics namespace when the module is first imported, as in a Lambda cold start.
+        module = importlib.import_module("callback_app")
+        return cls(module=module, service=service, db=dynamodb(service.aws.endpoint_url))
+
+    @property
+    def handler(self) -> Handler:
+        handler: Handler = self.module.lambda_handler
+        return handler
+
+    @property
+    def store(self) -> TokenStore:
+        return runtime().store
+
+    @property
+    def tokens_table(self) -> str:
+        return self.service.aws.stack.tokens_table
+
+    def call(self, event: dict[str, Any]) -> HttpResponse:
+        return invoke(self.handler, event)
+
+    def idempotency_records(self) -> list[dict[str, Any]]:
+        return scan_all(self.db, self.service.aws.stack.idempotency_table)
+
+    def snapshot(self) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+        """Everything the service persisted: the tokens table and the idempotency records."""
+        return scan_all(self.db, self.tokens_table), self.idempotency_records()
+
+    def parked(self) -> int:
+        stack = self.service.aws.stack
+        return parked_messages(self.service.aws.endpoint_url, stack.parked_queue_url, REGION)
 
 
 @contextmanager

@@ -8,14 +8,12 @@ approves on the simulator's consent page, and the 302's query becomes the redire
 from __future__ import annotations
 
 import html
-import importlib
 import json
 import re
 from collections.abc import Callable
-from dataclasses import dataclass
 from datetime import UTC, datetime
-from types import ModuleType, SimpleNamespace
-from typing import TYPE_CHECKING, Any
+from types import SimpleNamespace
+from typing import Any
 from urllib.parse import urlencode
 
 import boto3
@@ -23,25 +21,21 @@ import pytest
 import requests
 import segno
 
-from appauth.alipay.keys import load_private_key
 from appauth.alipay.models import TokenGrant
-from appauth.alipay.signing import dumps_compact, rsa_sign, sign_content
 from appauth.runtime import runtime
-from appauth.store import TokenStore
 from tests.conftest import read_vector_file
 from tests.integration.callback_helpers import (
     REGION,
-    Handler,
+    CallbackFunction,
     HttpResponse,
+    alipay_signed,
     approve,
-    dynamodb,
     emf_documents,
     exchanges,
-    invoke,
+    grant_notification,
     load_event,
     logs_to_stdout,
     metric_values,
-    parked_messages,
     raw_values,
     redirect_event,
     scan_all,
@@ -57,40 +51,16 @@ from tests.integration.callback_helpers import (
 )
 from tests.integration.conftest import ServiceStack
 
-if TYPE_CHECKING:
-    from mypy_boto3_dynamodb import DynamoDBClient
-
 VECTOR_AUTH_APP_ID = "2018042501227906"  # the merchant app of the notification vectors
 OTHER_APP_ID = "2021000199999999"
 
 
-@dataclass
-class Callback:
+class Callback(CallbackFunction):
     """The callback function with the local stack and the simulator behind it."""
-
-    module: ModuleType
-    service: ServiceStack
-    db: DynamoDBClient
-
-    @property
-    def handler(self) -> Handler:
-        handler: Handler = self.module.lambda_handler
-        return handler
 
     @property
     def sim(self) -> str:
         return self.service.simulator.url
-
-    @property
-    def tokens_table(self) -> str:
-        return self.service.aws.stack.tokens_table
-
-    @property
-    def store(self) -> TokenStore:
-        return runtime().store
-
-    def call(self, event: dict[str, Any]) -> HttpResponse:
-        return invoke(self.handler, event)
 
     def consent(self, *, auth_app_id: str | None = None, **start_query: str) -> dict[str, str]:
         """A fresh state from the start page, approved on Alipay's consent page: the redirect."""
@@ -103,13 +73,6 @@ class Callback:
         assert response.status == 200, response.body
         return redirect, response.json()
 
-    def snapshot(self) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
-        """Everything the service persisted: the tokens table and the idempotency records."""
-        return (
-            scan_all(self.db, self.tokens_table),
-            scan_all(self.db, self.service.aws.stack.idempotency_table),
-        )
-
     def merchant_items(self) -> list[dict[str, Any]]:
         return [item for item in scan_all(self.db, self.tokens_table) if item["sk"]["S"] == "AUTH"]
 
@@ -121,17 +84,10 @@ class Callback:
         )["Item"]
         return dict(item)
 
-    def parked(self) -> int:
-        stack = self.service.aws.stack
-        return parked_messages(self.service.aws.endpoint_url, stack.parked_queue_url, REGION)
-
 
 @pytest.fixture
 def cb(service: ServiceStack) -> Callback:
-    # Imported once the environment is the template's: Powertools reads the service name and
-    # the metrics namespace when the module is first imported, as in a Lambda cold start.
-    module = importlib.import_module("callback_app")
-    return Callback(module=module, service=service, db=dynamodb(service.aws.endpoint_url))
+    return Callback.load(service)
 
 
 def _assert_refused(
@@ -631,37 +587,18 @@ def _signed_notification(
     app_id: str, auth_app_id: str, *, auth_time: bool = True, notify_time: str | None = None
 ) -> str:
     """An ``open_app_auth_notify`` signed with the vectors' Alipay private key."""
-    now = datetime.now(UTC)
-    content = {
-        "notify_context": {"trigger": "auth_app", "trigger_context": {"out_biz_no": "self-1"}},
-        "detail": {
-            "app_auth_token": "202611BBselfsigned0000000000000000000X01",
-            "app_refresh_token": "202611BBselfsigned1111111111111111111X01",
-            "user_id": "2088102175794899",
-            "auth_app_id": auth_app_id,
-            "app_id": app_id,
-            "expires_in": 31536000,
-            "re_expires_in": 32140800,
-            "auth_time": int(now.timestamp() * 1000),
-        },
-        "error": {},
-    }
-    if not auth_time:
-        del content["detail"]["auth_time"]  # type: ignore[attr-defined]
-    params = {
-        "notify_id": "2026112100222100000099",
-        "notify_type": "open_app_auth_notify",
-        "notify_time": now.strftime("%Y-%m-%d %H:%M:%S") if notify_time is None else notify_time,
-        "app_id": app_id,
-        "charset": "utf-8",
-        "version": "1.0",
-        "sign_type": "RSA2",
-        "status": "execute_auth",
-        "biz_content": dumps_compact(content),
-    }
-    key = load_private_key(read_vector_file("keys/alipay_private_pkcs8.pem"))
-    params["sign"] = rsa_sign(sign_content(params, exclude=("sign", "sign_type")), key)
-    return urlencode(params)
+    params = grant_notification(
+        app_id,
+        auth_app_id,
+        tokens=(
+            "202611BBselfsigned0000000000000000000X01",
+            "202611BBselfsigned1111111111111111111X01",
+        ),
+        trigger_context={"out_biz_no": "self-1"},
+        auth_time=auth_time,
+        notify_time=notify_time,
+    )
+    return urlencode(alipay_signed({"notify_id": "2026112100222100000099", **params}))
 
 
 def test_a_notification_without_auth_time_is_ranked_by_notify_time_or_refused(cb: Callback):

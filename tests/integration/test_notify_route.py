@@ -8,39 +8,24 @@ Alipay stops redelivering only when the body is exactly ``success``; anything el
 from __future__ import annotations
 
 import base64
-import importlib
 import json
-from dataclasses import dataclass
-from datetime import UTC, datetime
-from types import ModuleType
-from typing import TYPE_CHECKING, Any
+from typing import Any
 from urllib.parse import urlencode
 
 import pytest
 from botocore.exceptions import ClientError
-from cryptography.hazmat.primitives import hashes
-from cryptography.hazmat.primitives.asymmetric import padding
 
-from appauth.alipay.keys import load_private_key
-from appauth.alipay.signing import beijing_timestamp, dumps_compact, sign_content
 from appauth.runtime import runtime
-from appauth.store import TokenStore
 from tests.conftest import read_vector_file
 from tests.integration.callback_helpers import (
-    REGION,
-    Handler,
+    CallbackFunction,
     HttpResponse,
-    dynamodb,
-    invoke,
+    alipay_signed,
+    grant_notification,
     load_event,
     logs_to_stdout,
-    parked_messages,
-    scan_all,
 )
 from tests.integration.conftest import ServiceStack
-
-if TYPE_CHECKING:
-    from mypy_boto3_dynamodb import DynamoDBClient
 
 VECTOR_APP_ID = "2021000100000001"  # the ISV app of the vectors (the stack's app_id)
 VECTOR_AUTH_APP_ID = "2018042501227906"  # the merchant app of the notification vectors
@@ -49,20 +34,8 @@ GRANTED = "callback_notify_granted.json"
 CANCELLED = "callback_notify_cancelled.json"
 
 
-@dataclass
-class Notify:
-    module: ModuleType
-    service: ServiceStack
-    db: DynamoDBClient
-
-    @property
-    def handler(self) -> Handler:
-        handler: Handler = self.module.lambda_handler
-        return handler
-
-    @property
-    def store(self) -> TokenStore:
-        return runtime().store
+class Notify(CallbackFunction):
+    """The callback function's notify route, with the local stack behind it."""
 
     @property
     def app_id(self) -> str:
@@ -73,7 +46,7 @@ class Notify:
         event = load_event(template)
         event["body"] = body
         event["isBase64Encoded"] = False
-        return invoke(self.handler, event)
+        return self.call(event)
 
     def b64(self, body: bytes | str, template: str = GRANTED) -> HttpResponse:
         """The notification as API Gateway hands a binary body over: base64 (or, given a str, the
@@ -81,33 +54,18 @@ class Notify:
         event = load_event(template)
         event["body"] = base64.b64encode(body).decode("ascii") if isinstance(body, bytes) else body
         event["isBase64Encoded"] = True
-        return invoke(self.handler, event)
+        return self.call(event)
 
     def event(self, name: str) -> HttpResponse:
-        return invoke(self.handler, load_event(name))
-
-    def snapshot(self) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
-        return (
-            scan_all(self.db, self.service.aws.stack.tokens_table),
-            scan_all(self.db, self.service.aws.stack.idempotency_table),
-        )
-
-    def idempotency_records(self) -> list[dict[str, Any]]:
-        return scan_all(self.db, self.service.aws.stack.idempotency_table)
+        return self.call(load_event(name))
 
     def audit(self, auth_app_id: str = VECTOR_AUTH_APP_ID) -> list[str]:
         return [event.event for event in self.store.events(auth_app_id)]
 
-    def parked(self) -> int:
-        stack = self.service.aws.stack
-        return parked_messages(self.service.aws.endpoint_url, stack.parked_queue_url, REGION)
-
 
 @pytest.fixture
 def nt(service: ServiceStack) -> Notify:
-    # Imported once the environment is the template's, as in a Lambda cold start.
-    module = importlib.import_module("callback_app")
-    return Notify(module=module, service=service, db=dynamodb(service.aws.endpoint_url))
+    return Notify.load(service)
 
 
 def _store_error(operation: str = "TransactWriteItems") -> ClientError:
@@ -119,15 +77,6 @@ def _vector_body(name: str) -> str:
     return body
 
 
-def _signed_form(params: dict[str, str], *, charset: str = "utf-8") -> dict[str, str]:
-    """Signed as Alipay signs: the sign content of the decoded values, in the form's charset,
-    with the vectors' Alipay private key (``sign_type`` left out, one of the two rules)."""
-    key = load_private_key(read_vector_file("keys/alipay_private_pkcs8.pem"))
-    content = sign_content(params, exclude=("sign", "sign_type")).encode(charset)
-    signature = key.sign(content, padding.PKCS1v15(), hashes.SHA256())
-    return {**params, "sign": base64.b64encode(signature).decode("ascii")}
-
-
 def _granted_params(
     app_id: str,
     auth_app_id: str,
@@ -136,37 +85,19 @@ def _granted_params(
     notify_id: str | None = "2026112100222100000077",
     memo: str = "商户授权成功（测试）",
 ) -> dict[str, str]:
-    now = datetime.now(UTC)
-    content = {
-        "notify_context": {
-            "trigger": "auth_app",
-            "trigger_context": {"out_biz_no": "merchant-gbk", "memo": memo},
-        },
-        "detail": {
-            "app_auth_token": "202611BBgbksigned00000000000000000000X01",
-            "app_refresh_token": "202611BBgbksigned11111111111111111111X01",
-            "user_id": "2088102175794899",
-            "auth_app_id": auth_app_id,
-            "app_id": app_id,
-            "expires_in": 31536000,
-            "re_expires_in": 32140800,
-            "auth_time": int(now.timestamp() * 1000),
-        },
-        "error": {},
-    }
-    params = {
-        "notify_type": "open_app_auth_notify",
-        "notify_time": beijing_timestamp(now),
-        "app_id": app_id,
-        "charset": charset,
-        "version": "1.0",
-        "sign_type": "RSA2",
-        "status": "execute_auth",
-        "biz_content": dumps_compact(content),
-    }
+    params = grant_notification(
+        app_id,
+        auth_app_id,
+        tokens=(
+            "202611BBgbksigned00000000000000000000X01",
+            "202611BBgbksigned11111111111111111111X01",
+        ),
+        trigger_context={"out_biz_no": "merchant-gbk", "memo": memo},
+        charset=charset,
+    )
     if notify_id is not None:
         params["notify_id"] = notify_id
-    return _signed_form(params, charset=charset)
+    return alipay_signed(params, charset=charset)
 
 
 def _encoded(params: dict[str, str], charset: str) -> bytes:

@@ -8,7 +8,6 @@ from __future__ import annotations
 import contextlib
 import json
 import logging
-import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -19,6 +18,7 @@ from urllib.parse import urlsplit
 
 from appauth.alipay.errors import SignatureError
 from appauth.alipay.signing import parse_form
+from appauth_dev.loopback import BackgroundServer
 
 from . import consent, corruption, gateway, v3
 from . import notify as notifications
@@ -668,22 +668,19 @@ class RunningSimulator:
 
     def __init__(self, server: SimulatorServer) -> None:
         self._server = server
-        self._thread = threading.Thread(
-            target=server.serve_forever, name="alipay-simulator", daemon=True
-        )
-        self._thread.start()
+        self._serving = BackgroundServer(server, name="alipay-simulator")
 
     @property
     def host(self) -> str:
-        return str(self._server.server_address[0])
+        return self._serving.host
 
     @property
     def port(self) -> int:
-        return int(self._server.server_address[1])
+        return self._serving.port
 
     @property
     def url(self) -> str:
-        return f"http://{self.host}:{self.port}"
+        return self._serving.url
 
     @property
     def gateway_url(self) -> str:
@@ -722,9 +719,7 @@ class RunningSimulator:
         # Held requests and injected timeouts end first, so no handler thread hangs.
         self._server.faults.release_all()
         self._server.outbox.stop()
-        self._server.shutdown()
-        self._server.server_close()
-        self._thread.join(timeout=5)
+        self._serving.stop()
 
     def __enter__(self) -> RunningSimulator:
         return self

@@ -152,6 +152,18 @@ UNREADABLE_RETRY = Backoff(timedelta(hours=6), timedelta(hours=24))
 VERIFY_RETRY = Backoff(timedelta(hours=1), timedelta(hours=6))
 
 
+# Why a leased pair was not sent (what the item records; KMS unreachable: ``kms_<error>``).
+UNREADABLE_PAIR = "unreadable_pair"
+NO_TIME_LEFT = "stopped_early"
+
+
+@dataclass(frozen=True)
+class _NotSent:
+    """Nothing went to Alipay for this lease; ``reason`` says why."""
+
+    reason: str
+
+
 @dataclass(frozen=True)
 class Budget:
     """How long each step can take at worst, from the configured timeouts (never a constant).
@@ -383,18 +395,10 @@ class Refresher:
         return lease
 
     def _verify(self, lease: Lease, resent: list[bool]) -> Outcome:
-        try:
-            app_auth_token = self.store.open_tokens(lease.stored)[0]
-        except TokenDecryptionError:
-            logger.error("Stored pair does not decrypt", extra={"auth_app_id": lease.auth_app_id})
-            self._defer_verification(lease, "unreadable_pair", backoff=UNREADABLE_RETRY)
-            return Outcome.UNREADABLE
-        except (BotoCoreError, ClientError) as error:
-            return self._defer_verification(lease, f"kms_{type(error).__name__}")
-        if self.limiter is not None:
-            self.limiter.acquire()
-        if self.time_left() < self.budget.reserve:
-            return self._defer_verification(lease, "stopped_early", immediate=True)
+        opened = self._open_pair(lease)
+        if isinstance(opened, _NotSent):
+            return self._defer_unsent_verification(lease, opened.reason)
+        app_auth_token = opened[0]
         queried_at = self.clock()
         try:
             info = self.client.query_authorization(app_auth_token)
@@ -428,6 +432,13 @@ class Refresher:
         ):
             return Outcome.SUPERSEDED
         return Outcome.VERIFIED
+
+    def _defer_unsent_verification(self, lease: Lease, reason: str) -> Outcome:
+        """The sweep's answer to a pair it could not send: ask again later."""
+        if reason == UNREADABLE_PAIR:
+            self._defer_verification(lease, reason, backoff=UNREADABLE_RETRY)
+            return Outcome.UNREADABLE
+        return self._defer_verification(lease, reason, immediate=reason == NO_TIME_LEFT)
 
     def _defer_verification(
         self,
@@ -468,30 +479,30 @@ class Refresher:
             reconciled=(reconciling or bool(resent)) and outcome != Outcome.OUTCOME_UNKNOWN,
         )
 
-    def _rotate(self, lease: Lease, resent: list[bool]) -> Outcome:
+    def _open_pair(self, lease: Lease) -> tuple[str, str] | _NotSent:
+        """The leased pair in clear, once the rate limit lets a call go and the run still has
+        the time an answer needs; otherwise why nothing may be sent (the caller defers)."""
         try:
-            app_auth_token, refresh_token = self.store.open_tokens(lease.stored)
+            pair = self.store.open_tokens(lease.stored)
         except TokenDecryptionError:
             # One unreadable item (tampered, key gone) must not stop the others; audit, move on.
             logger.error("Stored pair does not decrypt", extra={"auth_app_id": lease.auth_app_id})
-            self._release(lease, "unreadable_pair", UNREADABLE_RETRY)
-            return Outcome.UNREADABLE
+            return _NotSent(UNREADABLE_PAIR)
         except (BotoCoreError, ClientError) as error:
             # KMS is unreachable: nothing was sent to Alipay, so this is plainly transient.
-            return self._defer_transient(lease, f"kms_{type(error).__name__}")
+            return _NotSent(f"kms_{type(error).__name__}")
         if self.limiter is not None:
             self.limiter.acquire()
         if self.time_left() < self.budget.reserve:
             # The decrypt or the rate limit took the time an answer needs: do not send.
-            self._release(
-                lease,
-                "stopped_early",
-                TRANSIENT_BACKOFF,
-                reconcile=lease.stored.reconcile_reason,
-                immediate=True,
-                count_failure=False,
-            )
-            return Outcome.STOPPED_EARLY
+            return _NotSent(NO_TIME_LEFT)
+        return pair
+
+    def _rotate(self, lease: Lease, resent: list[bool]) -> Outcome:
+        opened = self._open_pair(lease)
+        if isinstance(opened, _NotSent):
+            return self._release_unsent(lease, opened.reason)
+        app_auth_token, refresh_token = opened
         try:
             response = self.client.refresh(refresh_token)
         except (OutcomeUnknownError, SignatureError, UnexpectedResponseError) as error:
@@ -519,6 +530,23 @@ class Refresher:
                 resent,
             )
         return self._store_durably(lease, grant)
+
+    def _release_unsent(self, lease: Lease, reason: str) -> Outcome:
+        """The rotation's answer to a pair it could not send: the lease released, retried later."""
+        if reason == UNREADABLE_PAIR:
+            self._release(lease, reason, UNREADABLE_RETRY)
+            return Outcome.UNREADABLE
+        if reason == NO_TIME_LEFT:
+            self._release(
+                lease,
+                reason,
+                TRANSIENT_BACKOFF,
+                reconcile=lease.stored.reconcile_reason,
+                immediate=True,
+                count_failure=False,
+            )
+            return Outcome.STOPPED_EARLY
+        return self._defer_transient(lease, reason)  # KMS: plainly transient
 
     def _outcome_unknown(self, lease: Lease, error: Exception, resent: list[bool]) -> Outcome:
         reason = f"outcome_unknown:{type(error).__name__}"
