@@ -22,10 +22,12 @@ from aws_lambda_powertools.utilities.idempotency import (
 )
 from aws_lambda_powertools.utilities.idempotency.exceptions import (
     IdempotencyAlreadyInProgressError,
+    IdempotencyPersistenceLayerError,
     IdempotencyValidationError,
 )
 from aws_lambda_powertools.utilities.idempotency.persistence.datarecord import DataRecord
 from aws_lambda_powertools.utilities.typing import LambdaContext
+from botocore.exceptions import BotoCoreError, ClientError
 
 from appauth import aws
 from appauth.alipay.errors import ConfigError, SignatureError, UnexpectedResponseError
@@ -36,7 +38,7 @@ from appauth.authorization import (
     complete_authorization,
     start_authorization,
 )
-from appauth.errors import InvalidRequestError, RequestError
+from appauth.errors import InvalidRequestError, RequestError, ServiceBusyError
 from appauth.notifications import (
     MAX_NOTIFICATION_BYTES,
     NotificationResult,
@@ -44,6 +46,7 @@ from appauth.notifications import (
     read_notification,
 )
 from appauth.runtime import runtime
+from appauth.secrets import SecretsUnavailableError
 from appauth.tracing import traced
 from callback_pages import CONTENT_SECURITY_POLICY, error_page, result_page, start_page
 
@@ -310,6 +313,10 @@ def notify() -> Response[str]:
 
 @app.exception_handler(RequestError)  # type: ignore[untyped-decorator]
 def request_error(error: RequestError) -> Response[str]:
+    return _refused(error)
+
+
+def _refused(error: RequestError) -> Response[str]:
     _count_failure(error.reason)
     logger.warning("Request refused", extra={"reason": error.reason, "status": error.http_status})
     headers = {"Retry-After": "60"} if error.http_status == 503 else None
@@ -337,8 +344,32 @@ def config_error(error: ConfigError) -> Response[str]:
     )
 
 
+@app.exception_handler(SecretsUnavailableError)  # type: ignore[untyped-decorator]
+def secrets_unavailable(error: SecretsUnavailableError) -> Response[str]:
+    logger.error("Secrets unreadable now", extra={"parameter": error.parameter})
+    return _refused(
+        ServiceBusyError("The service cannot read its configuration now; please retry shortly.")
+    )
+
+
+@app.exception_handler(  # type: ignore[untyped-decorator]
+    [ClientError, BotoCoreError, IdempotencyPersistenceLayerError]
+)
+def aws_failed(error: Exception) -> Response[str]:
+    # Reached only before a pair exists: after the exchange, store_grants parks on any failure.
+    cause = error.__cause__ or error.__context__ or error
+    if not aws.is_transient(cause):
+        return _internal_error(error)
+    logger.error("AWS busy", extra={"aws_error": type(cause).__name__, "error": str(cause)})
+    return _refused(ServiceBusyError("The service is busy; please retry shortly."))
+
+
 @app.exception_handler(Exception)  # type: ignore[untyped-decorator]
 def unexpected_error(error: Exception) -> Response[str]:
+    return _internal_error(error)
+
+
+def _internal_error(error: Exception) -> Response[str]:
     _count_failure("internal_error")
     logger.exception("Unexpected error")
     if _is_notification():

@@ -69,12 +69,14 @@ def lambda_handler(event: dict[str, Any], context: LambdaContext) -> dict[str, A
         return error.as_dict()
     rt = runtime()
     started_with = context.get_remaining_time_in_millis() / 1000
+    # Parked pairs first: storing them needs no Alipay client, so they come home even when
+    # the secrets the client needs cannot be read.
+    drained = drain_parked(aws.sqs(), rt.settings.parked_queue_url, rt.store)
     refresher = rt.refresher(
         owner=context.aws_request_id,  # unique per run: only this run may release its leases
         time_left=lambda: context.get_remaining_time_in_millis() / 1000,
         function_timeout=started_with,
     )
-    drained = drain_parked(aws.sqs(), rt.settings.parked_queue_url, rt.store)
     concurrency = rt.settings.refresh_concurrency
     if request.auth_app_ids:
         report = refresher.refresh_now(request.auth_app_ids, concurrency=concurrency)

@@ -24,6 +24,53 @@ MAX_ATTEMPTS = 3
 # botocore's standard mode sleeps up to min(2 ** attempt, 20) s between attempts.
 _MAX_BACKOFF = sum(min(2.0**attempt, 20.0) for attempt in range(MAX_ATTEMPTS - 1))
 
+# AWS error codes a retry may cure (throttling, a busy or failing service).
+RETRYABLE_AWS_CODES = frozenset(
+    {
+        "ThrottlingException",
+        "Throttling",
+        "ProvisionedThroughputExceededException",
+        "RequestLimitExceeded",
+        "InternalServerError",
+        "InternalFailure",
+        "ServiceUnavailable",
+        "TransactionConflictException",
+        "LimitExceededException",
+        "KMSInternalException",
+        "DependencyTimeoutException",
+        "TooManyUpdates",
+    }
+)
+# AWS error codes that mean our own setup is wrong (permissions, missing resources).
+SETUP_AWS_CODES = frozenset(
+    {
+        "AccessDeniedException",
+        "AccessDenied",
+        "UnrecognizedClientException",
+        "ResourceNotFoundException",
+        "ValidationException",
+        "ParameterNotFound",
+        "NotFoundException",
+        "DisabledException",
+        "KMSInvalidStateException",
+        "InvalidKeyUsageException",
+    }
+)
+
+
+def is_transient(error: BaseException) -> bool:
+    """An AWS failure a retry may cure: no answer at all, throttling, or a failing service."""
+    from botocore.exceptions import BotoCoreError, ClientError  # noqa: PLC0415  (cold starts)
+
+    if isinstance(error, BotoCoreError):
+        return True
+    if not isinstance(error, ClientError):
+        return False
+    code = str(error.response.get("Error", {}).get("Code", ""))
+    status = int(error.response.get("ResponseMetadata", {}).get("HTTPStatusCode", 500))
+    return code in RETRYABLE_AWS_CODES or (code not in SETUP_AWS_CODES and status >= 500)
+
+
 _clients: dict[str, Any] = {}
 _lock = threading.Lock()
 

@@ -59,6 +59,14 @@ class AlipayUnavailableError(RequestError):
     reason = "alipay_unavailable"
 
 
+class ServiceBusyError(RequestError):
+    """Our own AWS services (DynamoDB, SSM, KMS) are throttling or failing before anything was
+    exchanged with Alipay; the same link works again once they recover."""
+
+    http_status = 503
+    reason = "service_unavailable"
+
+
 class OutcomeUncertainError(RequestError):
     """The exchange may have happened at Alipay but its answer was lost.
 

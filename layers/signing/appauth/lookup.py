@@ -29,6 +29,7 @@ from typing import TYPE_CHECKING, Any
 
 from botocore.exceptions import BotoCoreError, ClientError
 
+from appauth import aws
 from appauth.alipay.errors import (
     AlipayError,
     ConfigError,
@@ -54,39 +55,6 @@ if TYPE_CHECKING:
     from appauth.alipay.models import AuthorizationInfo
 
 logger = logging.getLogger(__name__)
-
-# AWS error codes a retry may cure (throttling, a busy or failing service).
-RETRYABLE_AWS_CODES = frozenset(
-    {
-        "ThrottlingException",
-        "Throttling",
-        "ProvisionedThroughputExceededException",
-        "RequestLimitExceeded",
-        "InternalServerError",
-        "InternalFailure",
-        "ServiceUnavailable",
-        "TransactionConflictException",
-        "LimitExceededException",
-        "KMSInternalException",
-        "DependencyTimeoutException",
-        "TooManyUpdates",
-    }
-)
-# AWS error codes that mean our own setup is wrong (permissions, missing resources).
-SETUP_AWS_CODES = frozenset(
-    {
-        "AccessDeniedException",
-        "AccessDenied",
-        "UnrecognizedClientException",
-        "ResourceNotFoundException",
-        "ValidationException",
-        "ParameterNotFound",
-        "NotFoundException",
-        "DisabledException",
-        "KMSInvalidStateException",
-        "InvalidKeyUsageException",
-    }
-)
 
 
 class ErrorCode(StrEnum):
@@ -379,7 +347,7 @@ class TokenService:
         )
         return {
             "ok": True,
-            "items": [_listed(item) for item in page.items],
+            "items": [listed_item(item) for item in page.items],
             "cursor": page.cursor,
         }
 
@@ -527,7 +495,8 @@ def _described(stored: StoredAuthorization) -> dict[str, Any]:
     }
 
 
-def _listed(stored: StoredAuthorization) -> dict[str, Any]:
+def listed_item(stored: StoredAuthorization) -> dict[str, Any]:
+    """One row of the ``list`` answer (the operator CLI's ``appauth list`` shows the same)."""
     return {
         "auth_app_id": stored.auth_app_id,
         "user_id": stored.user_id,
@@ -574,17 +543,16 @@ def failure_for(error: Exception) -> QueryFailedError:
         code = str(error.response.get("Error", {}).get("Code", "")) or "unknown"
         service = error.operation_name
         logger.error("AWS call failed", extra={"aws_error": code, "operation": service})
-        if code in SETUP_AWS_CODES:
+        if code in aws.SETUP_AWS_CODES:
             return QueryFailedError(
                 ErrorCode.MISCONFIGURED,
                 f"AWS refused {service} ({code}): the function's permissions or resources are "
                 "not what the template declares",
             )
-        status = int(error.response.get("ResponseMetadata", {}).get("HTTPStatusCode", 500))
         return QueryFailedError(
             ErrorCode.UNAVAILABLE,
             f"AWS {service} failed ({code})",
-            retryable=code in RETRYABLE_AWS_CODES or status >= 500,
+            retryable=aws.is_transient(error),
         )
     if isinstance(error, BotoCoreError):
         logger.error("AWS unreachable", extra={"aws_error": type(error).__name__})
