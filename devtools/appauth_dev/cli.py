@@ -1,4 +1,5 @@
-"""``appauth``: the developer's command line (keys, one signed call, the simulator, the demo).
+"""``appauth``: the developer's command line (keys, one signed call, the simulator, the demo,
+the local stack) and the operator's (:mod:`appauth_dev.operator`); ``appauth --version``.
 
 Developer-only: this package never ships in the Lambda layer.
 """
@@ -11,6 +12,7 @@ import logging
 import os
 import sys
 from collections.abc import Sequence
+from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
 from typing import Any
 from urllib.parse import parse_qsl, urlsplit
@@ -18,8 +20,9 @@ from urllib.parse import parse_qsl, urlsplit
 import requests
 from urllib3.exceptions import ProtocolError
 
-from appauth.alipay.client import ENVIRONMENTS, AlipayClient, Endpoints
+from appauth.alipay.client import AlipayClient
 from appauth.alipay.credentials import AppCredentials
+from appauth.alipay.endpoints import ENVIRONMENTS, Endpoints
 from appauth.alipay.errors import (
     AlipayError,
     ConfigError,
@@ -43,6 +46,7 @@ EXIT_USAGE = 2
 EXIT_SIGNATURE = 3
 EXIT_TRANSPORT = 4
 EXIT_OUTCOME_UNKNOWN = 5
+DISTRIBUTION = "alipay-appauth"  # pyproject.toml's project name
 
 
 def _read(path: str, what: str) -> bytes:
@@ -51,6 +55,13 @@ def _read(path: str, what: str) -> bytes:
         return Path(path).read_bytes()
     except OSError as error:
         raise ConfigError(f"cannot read {path}: {error.strerror}", parameter=what) from None
+
+
+def package_version() -> str:
+    try:
+        return version(DISTRIBUTION)
+    except PackageNotFoundError:  # run from a checkout that was never installed
+        return f"unknown ({DISTRIBUTION} is not installed: pip install -e .)"
 
 
 def _env(name: str) -> str | None:
@@ -275,6 +286,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument(
         "-v", "--verbose", action="store_true", help="log each Alipay call and retry"
     )
+    parser.add_argument("--version", action="version", version=f"appauth {package_version()}")
     commands = parser.add_subparsers(dest="command", required=True)
 
     keygen = commands.add_parser(
@@ -339,7 +351,8 @@ def build_parser() -> argparse.ArgumentParser:
     local = commands.add_parser("local", help="keep the whole service running, for a browser")
     add_local_arguments(local)
     local.set_defaults(handler=run_local)
-    operator.register(commands)  # list, show, refresh, revoke, describe, secrets, parked, recover
+    # list, show, refresh, revoke, describe, secrets, parked, authorize-url, recover
+    operator.register(commands)
     return parser
 
 

@@ -12,7 +12,10 @@ in this process (:mod:`appauth_dev.local_service`), plus:
   refresh function can be invoked from another terminal;
 - the refresh function invoked with the schedule's event (``{"due": true}``) every
   ``--refresh-every`` seconds, optionally moving both clocks ``--days-per-run`` days first so
-  pairs fall due while you watch.
+  pairs fall due while you watch;
+- printed with the URLs: moto's endpoint and the shell lines (:func:`operator_environment`)
+  with which ``appauth list``, ``show``, ``parked``, ``authorize-url``... in another terminal
+  act on this stack.
 
 Invocations are serialized (one lock), as if each function had one warm container. Ctrl-C
 stops everything. :func:`fronted_service` is the same composition for ``make demo``.
@@ -23,7 +26,9 @@ from __future__ import annotations
 import argparse
 import base64
 import json
+import os
 import re
+import shlex
 import sys
 import threading
 from collections.abc import Callable, Iterator
@@ -37,7 +42,8 @@ from botocore.exceptions import ClientError
 
 from appauth_dev.http_front import RunningFront, http_front
 from appauth_dev.local_lambda import LocalLambdaClient
-from appauth_dev.local_service import LocalService, local_service
+from appauth_dev.local_service import REGION, LocalService, local_service
+from appauth_dev.operator import NAME_SOURCES, local_names
 from appauth_dev.simulator.control import SimulatorControl
 
 CALLBACK_PATH = "/alipay/callback"
@@ -256,9 +262,38 @@ def _refresh_schedule(
             fronted.say(f"  refresh run {runs} (service clock {clock}): {summary}")
 
 
+def operator_environment(fronted: FrontedService) -> dict[str, str]:
+    """What another terminal needs for ``appauth list``, ``show``, ``parked``, ``refresh``,
+    ``authorize-url``... to act on this stack: boto3 pointed at moto (and Lambda at the local
+    Invoke API), moto's fake credentials, and the stack's names as ``APPAUTH_*`` variables."""
+    if fronted.lambda_api is None:
+        raise RuntimeError("the Lambda Invoke API is not running")
+    environment = {
+        "AWS_ENDPOINT_URL": os.environ["AWS_ENDPOINT_URL"],  # local_service's moto server
+        "AWS_ENDPOINT_URL_LAMBDA": fronted.lambda_api.url,
+        "AWS_ACCESS_KEY_ID": "local",
+        "AWS_SECRET_ACCESS_KEY": "local",  # moto's fake credentials
+        "AWS_DEFAULT_REGION": REGION,
+    }
+    names = {
+        **local_names(fronted.service),
+        "redirect_uri": fronted.callback_url,
+        "start_page_url": fronted.front.url + AUTHORIZE_PATH,
+    }
+    for source in NAME_SOURCES:
+        if source.env and source.key in names:
+            environment[source.env] = names[source.key]
+    return environment
+
+
 def _print_urls(fronted: FrontedService, refresh_every: float, days_per_run: float) -> None:
     front, simulator = fronted.front.url, fronted.service.simulator.url
     api = fronted.lambda_api.url if fronted.lambda_api else "?"
+    environment = operator_environment(fronted)
+    # A shell's own target would win over (or mix with) this stack's names.
+    unset = ["AWS_PROFILE", "APPAUTH_STACK"] + [
+        source.env for source in NAME_SOURCES if source.env and source.env not in environment
+    ]
     stack = fronted.service.stack
     schedule = (
         f'{{"due": true}} every {refresh_every:g} s'
@@ -277,15 +312,22 @@ def _print_urls(fronted: FrontedService, refresh_every: float, days_per_run: flo
         f"  notifications         {fronted.notify_url}   (the simulator's notify_url)",
         f"  Alipay simulator      {simulator}   (consent pages, control API /simulator/...)",
         f"  Lambda Invoke API     {api}   (functions appauth-local-callback, {REFRESH_FUNCTION}, {TOKEN_QUERY_FUNCTION})",
+        f"  AWS (moto)            {environment['AWS_ENDPOINT_URL']}   (DynamoDB, KMS, SQS, SSM, EventBridge)",
         f"  refresh function      {schedule}",
         f"  tables                {stack.tokens_table}, {stack.idempotency_table}",
         "",
-        "From another terminal:",
+        "The operator commands from another terminal: paste these lines, then appauth list,",
+        "appauth show <id>, appauth parked, appauth refresh <id>, appauth authorize-url --qr -, ...",
+        "",
+        f"  unset {' '.join(unset)}",
+        *(f"  export {name}={shlex.quote(value)}" for name, value in environment.items()),
+        "",
+        "Or by hand:",
         f'  curl -s {api}/2015-03-31/functions/{TOKEN_QUERY_FUNCTION}/invocations -d \'{{"action": "list"}}\'',
         f'  curl -s {api}/2015-03-31/functions/{TOKEN_QUERY_FUNCTION}/invocations -d \'{{"action": "get_token", "auth_app_id": "<id>"}}\'',
         f'  curl -s {api}/2015-03-31/functions/{REFRESH_FUNCTION}/invocations -d \'{{"auth_app_ids": ["<id>"]}}\'',
         f'  curl -s {simulator}/simulator/revoke -d \'{{"auth_app_id": "<id>", "notify": true}}\'   (the merchant cancels; Alipay notifies)',
-        f"  boto3 / TokenClient: AWS_ENDPOINT_URL_LAMBDA={api} AWS_ACCESS_KEY_ID=local AWS_SECRET_ACCESS_KEY=local AWS_DEFAULT_REGION=us-east-1",
+        "  boto3 / TokenClient: the AWS_* lines above",
         "",
         "Ctrl-C stops everything.",
     ]

@@ -1,14 +1,15 @@
 """The operator's commands of ``appauth``: run the deployed service (or the local stack) from a
 terminal.
 
-``list``, ``show``, ``refresh``, ``revoke``, ``describe``, ``secrets put``, ``parked`` and
-``recover``. They act on a :class:`Target`: the resource names (from ``--stack NAME``'s
-CloudFormation outputs and parameters, or from flags and ``APPAUTH_*`` variables) and the clients
-that reach them (boto3, which honours ``AWS_ENDPOINT_URL``; :func:`local_target` gives the local
-stack's, for tests). Reads go through the service's own interfaces where it has one (the token
-query's ``list``/``describe``/``get_token``, the refresh function's manual trigger) and through
-the layer's :class:`~appauth.store.TokenStore` for what only the table holds (state, audit
-history, an operator revocation, a rescued pair).
+``list``, ``show``, ``refresh``, ``revoke``, ``describe``, ``secrets put``, ``parked``,
+``recover`` and ``authorize-url``. They act on a :class:`Target`: the resource names (from
+``--stack NAME``'s CloudFormation outputs and parameters, or from flags and ``APPAUTH_*``
+variables) and the clients that reach them (boto3, which honours ``AWS_ENDPOINT_URL``;
+:func:`local_target` gives the local stack's, for tests). Reads go through the service's own
+interfaces where it has one (the token query's ``list``/``describe``/``get_token``, the refresh
+function's manual trigger) and through the layer's :class:`~appauth.store.TokenStore` for what
+only the table holds (state, audit history, the due index, an operator revocation, a rescued
+pair, an authorization link's one-time state).
 
 Nothing here prints a token or key material, except ``show --reveal`` (after a warning on
 stderr). Exit codes: 0 ok, 1 not found or refused, 2 usage or configuration, 3 AWS unavailable.
@@ -32,6 +33,7 @@ from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import IO, TYPE_CHECKING, Any
+from urllib.parse import urlencode, urlsplit
 
 from botocore.exceptions import (
     BotoCoreError,
@@ -47,18 +49,24 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from rich.table import Table
 
 from appauth.alipay.aes import load_encrypt_key
-from appauth.alipay.credentials import is_app_id
+from appauth.alipay.endpoints import ENVIRONMENTS, SANDBOX
 from appauth.alipay.errors import AppAuthError, ConfigError
+from appauth.alipay.ids import is_app_id
 from appauth.alipay.keys import (
     load_certificate,
     load_private_key,
     load_public_key,
     root_certificate_sn,
 )
+from appauth.authorization import StartRequest, start_authorization
+from appauth.authorize_url import authorization_url, parse_application_types
 from appauth.envelope import TokenCipher
+from appauth.errors import InvalidRequestError
 from appauth.events import EventBridgePublisher
+from appauth.lookup import listed_item as listed_row  # the token query's list row
 from appauth.parking import RESCUE_FIELD, import_rescued
 from appauth.secrets import MIN_STATE_SECRET_BYTES
+from appauth.state import validate_merchant_ref
 from appauth.store import (
     LISTED_STATUSES,
     STATUS_GRANTED,
@@ -169,6 +177,7 @@ class NameSource:
     env: str | None
     stack_key: str | None  # a CloudFormation output or parameter of template.yaml
     what: str
+    shared: bool = True  # a flag of every command (else only of the commands that need it)
 
 
 NAME_SOURCES = (
@@ -216,6 +225,33 @@ NAME_SOURCES = (
     ),
     NameSource("ssm_prefix", "--prefix", "APPAUTH_SSM_PREFIX", "SsmPrefix", "the SSM prefix"),
     NameSource("signing_mode", None, None, "SigningMode", "the signing mode"),
+    # What authorize-url builds a link from (its own flags).
+    NameSource("app_id", "--app-id", "APPAUTH_APP_ID", "AppId", "the ISV's app id", False),
+    NameSource(
+        "redirect_uri",
+        "--redirect-uri",
+        "APPAUTH_REDIRECT_URI",
+        "CallbackUrl",  # the CallbackUrl parameter when set (a custom domain), else the output
+        "the redirect URI (the callback registered on the Alipay app)",
+        False,
+    ),
+    NameSource(
+        "auth_url",
+        "--auth-url",
+        "APPAUTH_AUTH_URL",
+        "AlipayAuthUrl",  # empty: AlipayEnvironment's host
+        "Alipay's authorization host",
+        False,
+    ),
+    NameSource("alipay_environment", None, None, "AlipayEnvironment", "the Alipay environment"),
+    NameSource(
+        "start_page_url",
+        "--start-page-url",
+        "APPAUTH_START_PAGE_URL",
+        "AuthorizeUrl",
+        "the start page",
+        False,
+    ),
 )
 _SOURCES = {source.key: source for source in NAME_SOURCES}
 
@@ -235,6 +271,7 @@ class Target:
     description: str = "AWS"
     _clients: dict[str, Any] = field(default_factory=dict, repr=False)
     _stack_values: dict[str, str] | None = field(default=None, repr=False)
+    _stack_parameters: dict[str, str] = field(default_factory=dict, repr=False)
 
     def client(self, service: str) -> Any:
         if service == "lambda" and self.lambda_client is not None:
@@ -285,13 +322,19 @@ class Target:
             if not found:
                 raise UsageError(f"stack {self.stack} does not exist")
             stack = found[0]
-            values = {
+            parameters = {
                 p["ParameterKey"]: p.get("ParameterValue", "")
                 for p in stack.get("Parameters") or []
             }
-            values.update({o["OutputKey"]: o["OutputValue"] for o in stack.get("Outputs") or []})
-            self._stack_values = values
+            outputs = {o["OutputKey"]: o["OutputValue"] for o in stack.get("Outputs") or []}
+            self._stack_parameters = parameters
+            self._stack_values = {**parameters, **outputs}
         return self._stack_values
+
+    def stack_parameter(self, key: str) -> str | None:
+        """A parameter of the stack, even where an output has the same name (``CallbackUrl``)."""
+        self.stack_values()
+        return self._stack_parameters.get(key) or None
 
     def overridden(self, args: argparse.Namespace) -> Target:
         """This target with the names given on the command line instead (a flag always wins)."""
@@ -368,18 +411,15 @@ def aws_target(args: argparse.Namespace) -> Target:
     )
 
 
-def local_target(service: LocalService, *, lambda_client: Any = None) -> Target:
-    """The local stack of :func:`appauth_dev.local_service.local_service`: its functions through
-    a :class:`~appauth_dev.local_lambda.LocalLambdaClient` (in process), everything else through
-    boto3 pointed at its moto server, its clock (moved with ``advance_clock``)."""
-    import boto3  # noqa: PLC0415
+def local_names(service: LocalService) -> dict[str, str]:
+    """The local stack's names, by :data:`NAME_SOURCES` key (``appauth local`` prints them as
+    the ``APPAUTH_*`` variables): the functions, the table, the queue, the SSM prefix, and what
+    the start page builds links from (the app id, the simulator's host, ``CALLBACK_URL``)."""
+    from appauth_dev.local_service import SSM_PREFIX  # noqa: PLC0415
 
-    from appauth_dev.local_lambda import LocalLambdaClient  # noqa: PLC0415
-    from appauth_dev.local_service import REGION, SSM_PREFIX  # noqa: PLC0415
-
-    endpoint = os.environ["AWS_ENDPOINT_URL"]  # local_service points everything at moto
     stack = service.stack
     names = {
+        # LocalLambdaClient.for_service's names
         "token_query_function": "appauth-local-token_query",
         "refresh_function": "appauth-local-refresh",
         "tokens_table": stack.tokens_table,
@@ -387,13 +427,31 @@ def local_target(service: LocalService, *, lambda_client: Any = None) -> Target:
         "ssm_prefix": SSM_PREFIX,
         "signing_mode": "key",
         "event_bus_name": os.environ.get("EVENT_BUS_NAME") or "default",
+        "auth_url": service.simulator.url,
     }
+    # What local_service gave the functions (the template's environment variables).
+    for key, variable in (("app_id", "APP_ID"), ("redirect_uri", "CALLBACK_URL")):
+        if os.environ.get(variable):
+            names[key] = os.environ[variable]
+    return names
+
+
+def local_target(service: LocalService, *, lambda_client: Any = None) -> Target:
+    """The local stack of :func:`appauth_dev.local_service.local_service`: its functions through
+    a :class:`~appauth_dev.local_lambda.LocalLambdaClient` (in process), everything else through
+    boto3 pointed at its moto server, its clock (moved with ``advance_clock``)."""
+    import boto3  # noqa: PLC0415
+
+    from appauth_dev.local_lambda import LocalLambdaClient  # noqa: PLC0415
+    from appauth_dev.local_service import REGION  # noqa: PLC0415
+
+    endpoint = os.environ["AWS_ENDPOINT_URL"]  # local_service points everything at moto
 
     def client(name: str) -> Any:
         return boto3.client(name, region_name=REGION, endpoint_url=endpoint)  # type: ignore[call-overload]
 
     return Target(
-        names=names,
+        names=local_names(service),
         client_factory=client,
         lambda_client=lambda_client or LocalLambdaClient.for_service(service),
         clock=service.clock.now,
@@ -603,6 +661,28 @@ def _listed(
             return
 
 
+def _listed_due(target: Target, horizon: datetime) -> Iterator[dict[str, Any]]:
+    """Granted merchants due by ``horizon``, from the table's sparse ``due`` index (the refresh
+    run's own query: reads only what is due, never every merchant), in ``auth_app_id`` order
+    as the token query lists them; each row read lazily and shown as the token query shows it."""
+    store, _events = target.store()
+    table = target.name("tokens_table")
+    with _aws(f"querying the due index of {table}"):
+        ids = sorted({auth_app_id for auth_app_id, _version in store.due(horizon)})
+    for auth_app_id in ids:
+        with _aws(f"reading merchant app {auth_app_id} in {table}"):
+            stored = store.get(auth_app_id, consistent=False)
+        # The index lags the table: the item may have been rotated or ended since.
+        if (
+            stored is None
+            or stored.status != STATUS_GRANTED
+            or stored.next_refresh_at is None
+            or stored.next_refresh_at > horizon
+        ):
+            continue
+        yield listed_row(stored)
+
+
 def cmd_list(args: argparse.Namespace, target: Target) -> int:
     if args.due_within is not None and args.due_within < 0:
         raise UsageError("--due-within: must be 0 or more days")
@@ -613,19 +693,30 @@ def cmd_list(args: argparse.Namespace, target: Target) -> int:
     horizon = (
         target.clock() + timedelta(days=args.due_within) if args.due_within is not None else None
     )
+    # Due within: the due index when the table is known (granted items only carry it), rather
+    # than every merchant through the token query, filtered here.
+    by_index = status == STATUS_GRANTED and bool(target.optional("tokens_table"))
+    rows = (
+        _listed_due(target, horizon)
+        if horizon is not None and by_index
+        else _listed(target, status, horizon)
+    )
     items: list[dict[str, Any]] = []
     truncated = False
-    for item in _listed(target, status, horizon):
+    for item in rows:
         if args.limit is not None and len(items) >= args.limit:
             truncated = True  # there is at least one more
             break
         items.append(item)
     if args.json:
-        _json({"items": items, "count": len(items), "truncated": truncated})
+        source = "due_index" if horizon is not None and by_index else "token_query"
+        _json({"items": items, "count": len(items), "truncated": truncated, "source": source})
         return EXIT_OK
     what = f"status {status}" if status else "all statuses"
     if horizon is not None:
         what += f", next refresh by {_short(horizon)}"
+        if by_index:
+            what += ", from the due index"
     table = Table(title=f"Merchant apps ({what}) in {target.where()}", title_justify="left")
     for column in ("merchant app", "user", "status", "version", "next refresh (UTC)"):
         table.add_column(column, no_wrap=True)
@@ -1034,6 +1125,17 @@ def _read_text(path: str, flag: str) -> str:
         raise UsageError(f"{flag}: {path} is not text ({len(data)} bytes)") from None
 
 
+def _state_secret_bytes(value: str, where: str) -> bytes:
+    """The state secret as the functions use it (``appauth.secrets.load_state_secret``)."""
+    secret = value.strip().encode("utf-8")
+    if len(secret) < MIN_STATE_SECRET_BYTES:
+        raise UsageError(
+            f"{where}: must be at least {MIN_STATE_SECRET_BYTES} random characters "
+            "(e.g. `openssl rand -base64 48`)"
+        )
+    return secret
+
+
 def _same_key(certificate: Any, private_key: Any) -> bool:
     public = certificate.public_key()
     numbers = getattr(public, "public_numbers", None)
@@ -1092,11 +1194,7 @@ def _validated_secrets(args: argparse.Namespace, target: Target) -> dict[str, st
         raise UsageError("give --state-secret FILE or --new-state-secret, not both")
     if args.state_secret:
         secret = _read_text(args.state_secret, "--state-secret")
-        if len(secret.encode()) < MIN_STATE_SECRET_BYTES:
-            raise UsageError(
-                f"--state-secret: must be at least {MIN_STATE_SECRET_BYTES} random characters "
-                "(e.g. `openssl rand -base64 48`)"
-            )
+        _state_secret_bytes(secret, "--state-secret")
         values["state_secret"] = secret
     elif args.new_state_secret:
         values["state_secret"] = random_secrets.token_urlsafe(48)
@@ -1509,6 +1607,294 @@ def cmd_recover(args: argparse.Namespace, target: Target) -> int:
     return EXIT_OK
 
 
+# --- authorize-url ---------------------------------------------------------------------------
+
+STATE_TTL_SECONDS = 1800  # the callback's own default (STATE_TTL_SECONDS, appauth.config)
+MIN_STATE_TTL_SECONDS = 60
+MAX_STATE_TTL_SECONDS = 7 * 86400
+QR_ERROR_LEVEL = "m"  # as the start page draws it
+QR_QUIET_ZONE = 4  # light modules around the code, as ISO/IEC 18004 asks
+QR_FILE_SCALE = 8  # pixels (SVG units) per module
+QR_FORMATS = ("svg", "png")
+# Black on white whatever the terminal's theme (segno's own terminal output takes the theme's
+# colours: the code comes out inverted on a light background).
+QR_TERMINAL_COLOURS = "\x1b[30;107m"
+QR_TERMINAL_RESET = "\x1b[0m"
+QR_HALF_BLOCKS = {(0, 0): " ", (1, 0): "\u2580", (0, 1): "\u2584", (1, 1): "\u2588"}
+# With --start-page the stack's start page mints the link: these would be ignored.
+MINTING_FLAGS = (
+    ("sandbox", "--sandbox"),
+    ("environment", "--environment"),
+    ("auth_url", "--auth-url"),
+    ("app_id", "--app-id"),
+    ("redirect_uri", "--redirect-uri"),
+    ("state_secret", "--state-secret"),
+    ("expires_in", "--expires-in"),
+    ("ssm_prefix", "--prefix"),
+)
+
+
+def _http_url(value: str, what: str) -> str:
+    parts = urlsplit(value)
+    if parts.scheme not in ("https", "http") or not parts.netloc:
+        raise UsageError(f"{what}: {value[:100]!r} is not an absolute http(s) URL")
+    return value
+
+
+def _qr_destination(value: str | None) -> tuple[str, str] | None:
+    """(path, format) of ``--qr``, checked before anything is recorded; ``-`` is the terminal."""
+    if value is None:
+        return None
+    if value == "-":
+        return value, "terminal"
+    kind = Path(value).suffix.lower().lstrip(".")
+    if kind not in QR_FORMATS:
+        raise UsageError(f"--qr: {value!r} must end in .svg or .png (or be '-' for the terminal)")
+    if not Path(value).parent.is_dir():
+        raise UsageError(f"--qr: {Path(value).parent} is not a directory")
+    return value, kind
+
+
+def _draw_qr(code: Any, out: IO[str]) -> None:
+    """The code in half blocks (two module rows a line), dark modules black on white."""
+    rows = [list(row) for row in code.matrix_iter(scale=1, border=QR_QUIET_ZONE)]
+    if len(rows) % 2:
+        rows.append([0] * len(rows[0]))
+    for top, bottom in zip(rows[0::2], rows[1::2], strict=True):
+        line = "".join(QR_HALF_BLOCKS[bool(t), bool(b)] for t, b in zip(top, bottom, strict=True))
+        out.write(f"{QR_TERMINAL_COLOURS}{line}{QR_TERMINAL_RESET}\n")
+
+
+def _write_qr(url: str, destination: tuple[str, str]) -> dict[str, str]:
+    import segno  # noqa: PLC0415  (only this command draws QR codes)
+
+    path, kind = destination
+    code = segno.make(url, error=QR_ERROR_LEVEL, micro=False)
+    if kind == "terminal":
+        encoding = getattr(sys.stdout, "encoding", None) or "utf-8"
+        try:
+            "".join(QR_HALF_BLOCKS.values()).encode(encoding)
+        except (UnicodeEncodeError, LookupError):
+            raise UsageError(
+                f"--qr -: this terminal ({encoding}) cannot show the block characters of a QR "
+                "code: write --qr FILE.svg or FILE.png instead"
+            ) from None
+        _draw_qr(code, sys.stdout)
+    else:
+        try:
+            code.save(path, kind=kind, scale=QR_FILE_SCALE, border=QR_QUIET_ZONE)
+        except OSError as error:
+            raise UsageError(f"--qr: cannot write {path}: {error.strerror}") from None
+    return {"path": path, "format": kind, "version": str(code.version)}
+
+
+def _auth_base_url(args: argparse.Namespace, target: Target) -> str:
+    """Alipay's authorization host: a flag, ``APPAUTH_AUTH_URL``, the stack's ``AlipayAuthUrl``
+    or its ``AlipayEnvironment``'s host; production (as ``appauth api``) when nothing says."""
+    if args.sandbox:
+        return SANDBOX.auth_base_url
+    if args.environment:
+        return ENVIRONMENTS[args.environment].auth_base_url
+    explicit = target.names.get("auth_url")
+    if explicit:
+        return _http_url(explicit, "--auth-url (or APPAUTH_AUTH_URL)").rstrip("/")
+    if target.stack is not None:
+        configured = target.stack_parameter("AlipayAuthUrl")
+        if configured:
+            return configured.rstrip("/")
+        environment = target.optional("alipay_environment")
+        if environment not in ENVIRONMENTS:
+            raise UsageError(
+                f"stack {target.stack} has no AlipayEnvironment parameter (production or "
+                "sandbox): pass --sandbox, --environment or --auth-url"
+            )
+        return ENVIRONMENTS[str(environment)].auth_base_url
+    return ENVIRONMENTS["production"].auth_base_url
+
+
+def _state_secret(args: argparse.Namespace, target: Target) -> bytes:
+    """The secret the callback verifies states with: ``--state-secret FILE``, or SSM's."""
+    if args.state_secret:
+        return _state_secret_bytes(
+            _read_text(args.state_secret, "--state-secret"), "--state-secret"
+        )
+    name = f"{target.name('ssm_prefix').rstrip('/')}/{SECRET_NAMES['state_secret']}"
+    try:
+        answer = target.client("ssm").get_parameter(Name=name, WithDecryption=True)
+    except ClientError as error:
+        if error.response.get("Error", {}).get("Code") == "ParameterNotFound":
+            raise UsageError(
+                f"{name} does not exist: the service has no state secret yet "
+                "(`appauth secrets put ... --new-state-secret`)"
+            ) from None
+        raise aws_error(error, f"reading {name}") from None
+    except BotoCoreError as error:
+        raise aws_error(error, f"reading {name}") from None
+    return _state_secret_bytes(str(answer["Parameter"]["Value"]), name)
+
+
+def _minted_link(
+    args: argparse.Namespace, target: Target, merchant_ref: str | None, types: tuple[str, ...]
+) -> dict[str, Any]:
+    """A direct Alipay link, minted as the start page mints it (the layer's
+    ``start_authorization``): a state signed with the state secret whose one-time nonce is
+    recorded in the tokens table; without that record the callback refuses the state."""
+    app_id = target.name("app_id")
+    if not is_app_id(app_id):
+        raise UsageError(f"--app-id: {app_id[:40]!r} is not an Alipay app id (digits only)")
+    # A CallbackUrl parameter (custom domain) is what the callback gives Alipay; else the output.
+    redirect_uri = (
+        target.names.get("redirect_uri")
+        or target.stack_parameter("CallbackUrl")
+        or target.name("redirect_uri")
+    )
+    auth_base_url = _auth_base_url(args, target)
+    ttl = STATE_TTL_SECONDS if args.expires_in is None else args.expires_in
+    if not MIN_STATE_TTL_SECONDS <= ttl <= MAX_STATE_TTL_SECONDS:
+        raise UsageError(
+            f"--expires-in: must be {MIN_STATE_TTL_SECONDS} to {MAX_STATE_TTL_SECONDS} seconds"
+        )
+    try:  # the layer's own checks, before a nonce is recorded for a link that cannot be built
+        authorization_url(auth_base_url, app_id, redirect_uri, "", batch=args.batch)
+    except InvalidRequestError as error:
+        raise UsageError(f"--redirect-uri: {error} (got {redirect_uri[:100]!r})") from None
+    store, _events = target.store()
+    secret = _state_secret(args, target)
+    request = StartRequest(
+        redirect_uri=redirect_uri,
+        merchant_ref=merchant_ref,
+        batch=args.batch,
+        application_types=types,
+    )
+    with _aws(f"recording the link's one-time state in {target.name('tokens_table')}"):
+        result = start_authorization(
+            request,
+            app_id=app_id,
+            auth_base_url=auth_base_url,
+            store=store,
+            state_secret=secret,
+            state_ttl_seconds=ttl,
+            now=int(target.clock().timestamp()),
+        )
+    return {
+        "url": result.url,
+        "kind": "authorization",
+        "batch": result.batch,
+        "application_types": list(types) if result.batch else None,
+        "merchant_ref": result.merchant_ref,
+        "app_id": app_id,
+        "redirect_uri": redirect_uri,
+        "auth_base_url": auth_base_url,
+        "expires_at": _iso(datetime.fromtimestamp(result.expires_at, UTC)),
+        "single_use": True,
+    }
+
+
+def _start_page_link(
+    args: argparse.Namespace, target: Target, merchant_ref: str | None, types: tuple[str, ...]
+) -> dict[str, Any]:
+    """The stack's start page with the same choices: each visit mints a fresh link."""
+    for attribute, flag in MINTING_FLAGS:
+        if getattr(args, attribute) not in (None, False):
+            raise UsageError(
+                f"{flag}: the start page mints each link with the stack's own app id, hosts and "
+                "state secret; drop it, or drop --start-page"
+            )
+    base = _http_url(target.name("start_page_url"), "--start-page-url")
+    query: dict[str, str] = {}
+    if merchant_ref:
+        query["merchant_ref"] = merchant_ref
+    if args.batch:
+        query["batch"] = "1"
+        query["application_type"] = ",".join(types)
+    if args.redirect:
+        query["redirect"] = "1"
+    separator = "&" if urlsplit(base).query else "?"
+    url = f"{base}{separator}{urlencode(query, safe=',')}" if query else base
+    return {
+        "url": url,
+        "kind": "start_page",
+        "batch": args.batch,
+        "application_types": list(types) if args.batch else None,
+        "merchant_ref": merchant_ref,
+        "app_id": None,
+        "redirect_uri": None,
+        "auth_base_url": None,
+        "expires_at": None,
+        "single_use": False,
+    }
+
+
+def _link_choices(
+    args: argparse.Namespace,
+) -> tuple[str | None, tuple[str, ...], tuple[str, str] | None]:
+    """merchant_ref, application types and QR destination, refused before anything is read."""
+    qr = _qr_destination(args.qr)
+    if qr is not None and qr[1] == "terminal" and args.json:
+        raise UsageError(
+            "--qr - draws in the terminal, not in JSON: write --qr FILE.svg or FILE.png"
+        )
+    if args.start_page_url and not args.start_page:
+        raise UsageError("--start-page-url: is the start page's URL: add --start-page")
+    if args.redirect and not args.start_page:
+        raise UsageError(
+            "--redirect: is a start page option (a 302 straight to Alipay): add --start-page"
+        )
+    if args.application_type and not args.batch:
+        raise UsageError("--application-type: is for a batch authorization: add --batch")
+    try:
+        merchant_ref = validate_merchant_ref(args.merchant_ref)
+    except InvalidRequestError as error:
+        raise UsageError(f"--merchant-ref: {error}") from None
+    try:
+        types = parse_application_types(args.application_type)
+    except InvalidRequestError as error:
+        raise UsageError(f"--application-type: {error}") from None
+    return merchant_ref, types, qr
+
+
+def _describe_link(link: Mapping[str, Any]) -> str:
+    kind = f"batch ({', '.join(link['application_types'])})" if link["batch"] else "single"
+    if link["kind"] == "start_page":
+        note = (
+            f"the start page ({kind}): each visit mints a fresh one-time Alipay link, so this "
+            "link does not expire"
+        )
+    else:
+        note = (
+            f"a one-time Alipay link ({kind}) for app {link['app_id']}: valid for one "
+            f"authorization until {_short(link['expires_at'])} UTC; Alipay sends the merchant "
+            f"back to {link['redirect_uri']}"
+        )
+    if link["merchant_ref"]:
+        note += f"; merchant_ref {link['merchant_ref']}"
+    return note
+
+
+def cmd_authorize_url(args: argparse.Namespace, target: Target) -> int:
+    merchant_ref, types, qr = _link_choices(args)
+    if args.start_page:
+        link = _start_page_link(args, target, merchant_ref, types)
+    else:
+        link = _minted_link(args, target, merchant_ref, types)
+    if args.json:
+        link["qr"] = _write_qr(link["url"], qr) if qr else None
+        _json(link)
+        return EXIT_OK
+    drawn = _write_qr(link["url"], qr) if qr and qr[1] != "terminal" else None
+    print(link["url"], flush=True)
+    if qr and qr[1] == "terminal":
+        drawn = _write_qr(link["url"], qr)  # under the link
+    print(f"appauth authorize-url: {_describe_link(link)}", file=sys.stderr)
+    if drawn is not None and drawn["format"] != "terminal":
+        print(
+            f"appauth authorize-url: QR code ({drawn['format'].upper()}, version "
+            f"{drawn['version']}) written to {drawn['path']}",
+            file=sys.stderr,
+        )
+    return EXIT_OK
+
+
 # --- wiring ----------------------------------------------------------------------------------
 
 
@@ -1529,7 +1915,7 @@ def _target_options() -> argparse.ArgumentParser:
     group.add_argument("--region", help="AWS region (default: the AWS configuration's)")
     group.add_argument("--profile", help="AWS profile (default: the AWS configuration's)")
     for source in NAME_SOURCES:
-        if source.flag and source.key != "ssm_prefix":
+        if source.flag and source.shared and source.key != "ssm_prefix":
             group.add_argument(
                 source.flag,
                 dest=source.key,
@@ -1698,6 +2084,8 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
         help="list at most N dead-letter messages (default 20)",
     )
 
+    _add_authorize_url(add)
+
     recover = add(
         "recover",
         cmd_recover,
@@ -1708,6 +2096,104 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
         required=True,
         metavar="FILE",
         help="log lines ('-': stdin); lines without appauth_rescue are skipped",
+    )
+
+
+def _add_authorize_url(add: Callable[..., argparse.ArgumentParser]) -> None:
+    authorize = add(
+        "authorize-url",
+        cmd_authorize_url,
+        "print a merchant authorization link (single, batch, sandbox), optionally as a QR code",
+        "Mints a one-time Alipay authorization link the way the start page does: a state "
+        "signed with the service's state secret (SSM <prefix>/state-secret, or --state-secret "
+        "FILE), its nonce recorded in the tokens table, for the stack's AppId, CallbackUrl and "
+        "Alipay host. It works once, for --expires-in seconds. --start-page prints the stack's "
+        "start page instead, which mints a fresh link at each visit (for a link or QR code that "
+        "stays up). The link goes to stdout; what it is, to stderr.",
+    )
+    authorize.add_argument(
+        "--merchant-ref",
+        metavar="REF",
+        help="your id for the merchant (1-64 of A-Z a-z 0-9 _ . : @ -): stored with the grant",
+    )
+    authorize.add_argument(
+        "--batch",
+        action="store_true",
+        help="a batch authorization: the merchant picks several of its apps",
+    )
+    authorize.add_argument(
+        "--application-type",
+        metavar="TYPES",
+        help="with --batch: comma-separated TINYAPP, WEBAPP, MOBILEAPP, PUBLICAPP, ARAPP "
+        "(default TINYAPP,WEBAPP)",
+    )
+    hosts = authorize.add_mutually_exclusive_group()
+    hosts.add_argument(
+        "--sandbox", action="store_true", help=f"Alipay's sandbox ({SANDBOX.auth_base_url})"
+    )
+    hosts.add_argument(
+        "--environment",
+        choices=sorted(ENVIRONMENTS),
+        help="a real Alipay's authorization host",
+    )
+    hosts.add_argument(
+        "--auth-url",
+        dest="auth_url",
+        metavar="URL",
+        help="another authorization host, e.g. the simulator's (or APPAUTH_AUTH_URL). Default: "
+        "the stack's AlipayAuthUrl or AlipayEnvironment, else production",
+    )
+    authorize.add_argument(
+        "--app-id",
+        dest="app_id",
+        metavar="ID",
+        help="the ISV's app id (or APPAUTH_APP_ID; default: the stack's AppId)",
+    )
+    authorize.add_argument(
+        "--redirect-uri",
+        dest="redirect_uri",
+        metavar="URL",
+        help="where Alipay sends the merchant back, exactly the app's 授权回调地址 (or "
+        "APPAUTH_REDIRECT_URI; default: the stack's CallbackUrl)",
+    )
+    authorize.add_argument(
+        "--state-secret",
+        metavar="FILE",
+        help="the state secret, if not read from SSM (it must be the one the callback uses)",
+    )
+    authorize.add_argument(
+        "--prefix",
+        dest="ssm_prefix",
+        metavar="PREFIX",
+        help="SSM path of the state secret (or APPAUTH_SSM_PREFIX, or the stack's SsmPrefix)",
+    )
+    authorize.add_argument(
+        "--expires-in",
+        type=int,
+        metavar="SECONDS",
+        help=f"how long the link works (default {STATE_TTL_SECONDS}, as the start page's; "
+        f"{MIN_STATE_TTL_SECONDS} to {MAX_STATE_TTL_SECONDS})",
+    )
+    authorize.add_argument(
+        "--start-page",
+        action="store_true",
+        help="print the stack's start page (its AuthorizeUrl output) instead of minting a link",
+    )
+    authorize.add_argument(
+        "--start-page-url",
+        dest="start_page_url",
+        metavar="URL",
+        help="with --start-page: the start page's URL (or APPAUTH_START_PAGE_URL)",
+    )
+    authorize.add_argument(
+        "--redirect",
+        action="store_true",
+        help="with --start-page: the page answers a 302 straight to Alipay (redirect=1)",
+    )
+    authorize.add_argument(
+        "--qr",
+        metavar="FILE.svg|FILE.png|-",
+        help="also a QR code of the link: an SVG or PNG file, or '-' to draw it in the terminal",
     )
 
 

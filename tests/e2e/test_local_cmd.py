@@ -235,3 +235,101 @@ def test_ctrl_c_stops_the_real_command_without_a_traceback() -> None:
         pass
     else:
         raise AssertionError("the front still answers after Ctrl-C")
+
+
+def test_another_terminal_reaches_the_stack_with_only_the_printed_environment() -> None:
+    """``appauth local`` as a person runs it; then, as in a second terminal, only the lines it
+    printed (evaluated by bash, over a shell that pointed elsewhere) and the operator commands:
+    ``authorize-url`` (its link approved on the simulator, through the front's callback),
+    ``list``, ``list --due-within``, ``show``, ``refresh`` and ``parked``.
+
+    Its imports are its own: the rest of this file's helpers are being reworked."""
+    import io  # noqa: PLC0415
+    import os  # noqa: PLC0415
+    import subprocess  # noqa: PLC0415
+    from contextlib import redirect_stdout  # noqa: PLC0415
+
+    from appauth_dev import cli  # noqa: PLC0415
+
+    merchant = "2021000000004343"
+    command = [*COMMAND, "local", "--refresh-every", "0"]
+    with interrupted_on_exit(
+        command, ready="Ctrl-C stops everything", timeout=READY_SECONDS
+    ) as run:
+        printed = run.stdout
+        moto = re.search(r"AWS \(moto\)\s+(http://127\.0\.0\.1:\d+)", printed)
+        simulator = re.search(r"Alipay simulator\s+(http://127\.0\.0\.1:\d+)", printed)
+        callback = re.search(r"callback\s+(http://127\.0\.0\.1:\d+/alipay/callback)", printed)
+        assert moto, printed
+        assert simulator, printed
+        assert callback, printed
+        lines = [line.strip() for line in printed.splitlines()]
+        script = "\n".join(line for line in lines if line.startswith(("unset ", "export ")))
+        elsewhere = {"AWS_PROFILE": "prod", "APPAUTH_STACK": "prod", "APPAUTH_TOKENS_TABLE": "prod"}
+        shell = subprocess.run(  # noqa: S603 (what appauth local printed, in bash)
+            ["bash", "-c", f"{script}\nenv -0"],  # noqa: S607 (the user's shell)
+            env={"PATH": os.environ.get("PATH", ""), **elsewhere},
+            capture_output=True,
+            text=True,
+            check=True,
+            timeout=30,
+        )
+        exported = dict(entry.split("=", 1) for entry in shell.stdout.split("\0") if entry)
+        terminal = {k: v for k, v in exported.items() if k.startswith(("AWS_", "APPAUTH_"))}
+        assert "AWS_PROFILE" not in terminal
+        assert "APPAUTH_STACK" not in terminal
+        assert terminal["AWS_ENDPOINT_URL"] == moto[1]
+
+        def appauth(*argv: str) -> Any:
+            out = io.StringIO()
+            with redirect_stdout(out):
+                code = cli.main([*argv, "--json"])
+            assert code == 0, (argv, out.getvalue())
+            return json.loads(out.getvalue())
+
+        saved = dict(os.environ)
+        try:
+            for name in [n for n in os.environ if n.startswith(("AWS_", "APPAUTH_"))]:
+                del os.environ[name]
+            os.environ.update(terminal)
+
+            link = appauth("authorize-url", "--merchant-ref", "shop-terminal")
+            assert link["url"].startswith(f"{simulator[1]}/oauth2/appToAppAuth.htm?")
+            assert link["redirect_uri"] == callback[1]
+            consent = requests.get(link["url"], timeout=30)
+            assert consent.status_code == 200, consent.text
+            form = re.search(r'<form method="post" action="([^"]+)"', consent.text)
+            hidden = r'<input type="hidden" name="([^"]+)" value="([^"]*)">'
+            fields = dict(re.findall(hidden, consent.text))
+            assert form, consent.text
+            assert "state" in fields, consent.text
+            assert not any("&" in value for value in fields.values())  # nothing HTML-escaped
+            approved = requests.post(
+                f"{simulator[1]}{form[1]}",
+                data={**fields, "auth_app_id": merchant},
+                allow_redirects=False,
+                timeout=30,
+            )
+            assert approved.status_code == 302, approved.text
+            assert approved.headers["Location"].startswith(f"{callback[1]}?")
+            result = requests.get(approved.headers["Location"], timeout=30)
+            assert result.status_code == 200, result.text
+            assert merchant in result.text
+
+            listed = appauth("list")
+            assert merchant in [item["auth_app_id"] for item in listed["items"]]
+            due = appauth("list", "--due-within", "400")
+            assert due["source"] == "due_index"
+            assert [item["auth_app_id"] for item in due["items"]] == [merchant]
+            shown = appauth("show", merchant)
+            assert shown["authorization"]["status"] == "granted"
+            assert shown["authorization"]["merchant_ref"] == "shop-terminal"
+            refreshed = appauth("refresh", merchant)
+            assert refreshed["outcomes"] == {"rotated": 1}
+            parked = appauth("parked")
+            assert parked["parked"]["visible"] == 0
+            assert parked["dead_letter"]["url"].startswith(moto[1])
+        finally:
+            os.environ.clear()
+            os.environ.update(saved)
+    assert run.code == 0, run.stderr
