@@ -23,8 +23,12 @@ lint: setup
 typecheck: setup
 	$(BIN)/mypy
 
+# pytest-xdist: one worker per core (test files kept whole on one worker, so a module's fixtures
+# are built once); PYTEST_WORKERS=0 runs everything in this process.
+PYTEST_WORKERS ?= auto
+
 unit: setup browser
-	$(BIN)/pytest -q
+	$(BIN)/pytest -q --numprocesses $(PYTEST_WORKERS) --dist loadfile
 
 # Debian's chromium for the browser test (tests/e2e/test_browser.py), where apt can install it;
 # never fails: without chromium that one test skips and says why.
