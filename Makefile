@@ -87,3 +87,4 @@ build-CallbackFunction build-RefreshFunction build-TokenQueryFunction:
 		$(LAMBDA_PIP_INSTALL) --target "$(ARTIFACTS_DIR)" -r requirements.txt; \
 	fi
 	cd "$(ARTIFACTS_DIR)" && rm -rf $(PIP_SCHEME_DIRS)
+	@$(call LAMBDA_COMPILE,"$(ARTIFACTS_DIR)")
