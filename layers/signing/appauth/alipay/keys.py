@@ -10,6 +10,7 @@ import base64
 import binascii
 import hashlib
 import re
+from types import ModuleType
 from typing import TYPE_CHECKING
 
 from cryptography.hazmat.primitives import serialization
@@ -79,18 +80,23 @@ def load_private_key(material: str | bytes, *, name: str = "app private key") ->
     return key
 
 
+def _x509() -> ModuleType:
+    """cryptography.x509, imported when a certificate is read: key mode never pays for it (a
+    cold start's worth of milliseconds)."""
+    from cryptography import x509  # noqa: PLC0415
+
+    return x509
+
+
 def load_public_key(material: str | bytes, *, name: str = "alipay public key") -> rsa.RSAPublicKey:
     """Load an RSA public key from PEM (SPKI or PKCS#1), a certificate, or bare base64 SPKI."""
     data = _as_bytes(material).strip()
     if not data:
         raise ConfigError("is empty", parameter=name)
     key: object
-    # Deferred: cryptography.x509 costs a cold start that key mode never needs.
-    from cryptography import x509  # noqa: PLC0415
-
     try:
         if data.startswith(b"-----BEGIN CERTIFICATE"):
-            key = x509.load_pem_x509_certificate(data).public_key()
+            key = _x509().load_pem_x509_certificate(data).public_key()
         elif data.startswith(b"-----BEGIN"):
             key = serialization.load_pem_public_key(data)
         else:
@@ -98,7 +104,7 @@ def load_public_key(material: str | bytes, *, name: str = "alipay public key") -
             try:
                 key = serialization.load_der_public_key(der)
             except ValueError:
-                key = x509.load_der_x509_certificate(der).public_key()
+                key = _x509().load_der_x509_certificate(der).public_key()
     except ConfigError:
         raise
     except (ValueError, TypeError):
@@ -155,9 +161,7 @@ def load_certificates(
     With ``rsa_only``, certificates not signed with an RSA-family algorithm are skipped, even
     when they cannot be parsed (the root-bundle rule of the official SDKs).
     """
-    # Deferred: cryptography.x509 costs a cold start that key mode never needs.
-    from cryptography import x509  # noqa: PLC0415
-
+    load_der = _x509().load_der_x509_certificate
     data = _as_bytes(material)
     certs: list[x509.Certificate] = []
     for index, match in enumerate(_PEM_BLOCK.finditer(data), start=1):
@@ -167,7 +171,7 @@ def load_certificates(
             der = base64.b64decode(b"".join(match.group(2).split()), validate=True)
             if rsa_only and not _signature_oid(der).startswith(_RSA_SIGNATURE_OID_PREFIX):
                 continue
-            certs.append(x509.load_der_x509_certificate(der))
+            certs.append(load_der(der))
         except (ValueError, IndexError, binascii.Error):
             raise ConfigError(
                 f"certificate #{index} in the bundle is malformed", parameter=name
