@@ -270,3 +270,18 @@ def test_parsed_credentials_are_cached_until_a_value_changes(
     # force_fetch on the raw value gives the same (new) value: the credentials stay cached.
     assert provider.get(f"{SSM_PREFIX}/app-private-key", decrypt=True, force_fetch=True) == new_pem
     assert load_credentials(settings, provider) is rotated
+
+
+def test_an_absent_encrypt_key_is_asked_for_once_per_cache_age(settings, provider, ssm):
+    asked: list[str] = []
+
+    def count(params: dict[str, Any], **_: Any) -> None:
+        asked.append(params["Name"])
+
+    ssm.meta.events.register("provide-client-params.ssm.GetParameter", count)
+    for _ in range(20):
+        assert load_credentials(settings, provider).encrypt_key is None
+    assert asked.count(f"{SSM_PREFIX}/encrypt-key") == 1
+    provider.clear_cache()  # the provider's max age passed: SSM is asked again
+    load_credentials(settings, provider)
+    assert asked.count(f"{SSM_PREFIX}/encrypt-key") == 2

@@ -9,6 +9,8 @@ from __future__ import annotations
 import threading
 from typing import TYPE_CHECKING, Any
 
+from appauth.alipay.redaction import install_log_filters
+
 if TYPE_CHECKING:
     from mypy_boto3_dynamodb import DynamoDBClient
     from mypy_boto3_events import EventBridgeClient
@@ -81,6 +83,9 @@ def _client(service: str) -> Any:
         with _lock:
             client = _clients.get(service)
             if client is None:
+                # Before any AWS call: botocore at DEBUG would log decrypted SSM values and KMS
+                # plaintext data keys.
+                install_log_filters()
                 import boto3  # noqa: PLC0415  (deferred: keeps cold starts of pure paths cheap)
                 from botocore.config import Config  # noqa: PLC0415
 

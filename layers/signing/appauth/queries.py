@@ -166,7 +166,7 @@ def _get_token(event: Mapping[str, Any]) -> GetToken:
 
 def _list(event: Mapping[str, Any]) -> ListAuthorizations:
     status = event.get("status")
-    if status is not None and status not in {s.value for s in Status}:
+    if status is not None and (not isinstance(status, str) or status not in set(Status)):
         raise InvalidRequestError(f"status must be one of {', '.join(s.value for s in Status)}")
     cursor = event.get("cursor")
     if cursor is not None and (

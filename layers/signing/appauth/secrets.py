@@ -10,6 +10,7 @@ that age without re-parsing RSA keys on every invocation.
 from __future__ import annotations
 
 import hashlib
+import os
 from typing import TYPE_CHECKING
 
 from appauth.alipay.errors import ConfigError
@@ -43,10 +44,19 @@ def _get(
     )
 
     full_name = f"{settings.ssm_prefix}/{name}"
+    # Powertools caches values, not "not found": an absent optional parameter (encrypt-key) is
+    # remembered in the provider's own cache (cleared with it), or every invocation would ask
+    # SSM again (about 40 GetParameter a second per account).
+    absent_key = (f"{full_name}#absent", None)
+    if not required and provider.has_not_expired_in_cache(absent_key):
+        return None
     try:
         value = provider.get(full_name, decrypt=True)
     except GetParameterError as error:
         if "ParameterNotFound" in str(error) and not required:
+            # As long as Powertools would keep a value (POWERTOOLS_PARAMETERS_MAX_AGE).
+            max_age = int(os.environ.get("POWERTOOLS_PARAMETERS_MAX_AGE", "5"))
+            provider.add_to_cache(key=absent_key, value=True, max_age=max_age)
             return None
         if "ParameterNotFound" in str(error):
             raise ConfigError(

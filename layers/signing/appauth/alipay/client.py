@@ -30,6 +30,7 @@ from appauth.alipay.models import (
     parse_authorization_info,
     parse_token_response,
 )
+from appauth.alipay.redaction import install_log_filters
 from appauth.alipay.signing import build_request, verify_response
 from appauth.alipay.signing_v3 import build_v3_request, verify_v3_response
 
@@ -127,6 +128,7 @@ class AlipayClient:
     ) -> None:
         if protocol not in ("v2", "v3"):
             raise ValueError("protocol must be 'v2' or 'v3'")
+        install_log_filters()  # urllib3 at DEBUG logs every URL: v3 queries carry the token
         self.credentials = credentials
         self.endpoints = endpoints
         self.protocol = protocol
