@@ -4,7 +4,7 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
-.PHONY: setup test lint typecheck unit browser demo clean sam-setup build package
+.PHONY: setup test lint typecheck unit browser demo clean sam-setup build package bench
 
 setup: $(STAMP)
 
@@ -39,6 +39,21 @@ test: lint typecheck unit
 
 demo: setup
 	$(BIN)/appauth demo
+
+# The README's performance figures, each beside its reference measured in the same run on this
+# machine: one table printed, the JSON in bench/results/. BENCH_ARGS=--quick: the same rows, small
+# (under a minute); the full run takes about 15 minutes on 2 cores. The official Alipay SDK it
+# compares with is bench-only (requirements/bench.txt): it adds packages to .venv and changes
+# none of requirements/dev.txt's pins (pip check).
+BENCH_STAMP := $(VENV)/.bench-installed
+
+$(BENCH_STAMP): $(STAMP) requirements/bench.txt
+	$(BIN)/python -m pip install --quiet --disable-pip-version-check -r requirements/bench.txt
+	$(BIN)/python -m pip check
+	@touch $@
+
+bench: $(BENCH_STAMP)
+	BENCH_PYTHON=$(BIN)/python sh bench/run.sh $(BENCH_ARGS)
 
 clean:
 	rm -rf $(VENV) $(SAM_VENV) .aws-sam .mypy_cache .pytest_cache .ruff_cache .hypothesis
