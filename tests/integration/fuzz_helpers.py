@@ -28,7 +28,7 @@ from tests.conftest import read_vector_file
 from tests.integration.callback_helpers import dynamodb, scan_all
 from tests.integration.conftest import ServiceStack
 
-# Bigger runs (`make bench`) set the examples per property: APPAUTH_FUZZ_EXAMPLES=5000.
+# Bigger runs set the examples per property: APPAUTH_FUZZ_EXAMPLES=5000 make test.
 EXAMPLES_VARIABLE = "APPAUTH_FUZZ_EXAMPLES"
 # What an error body must never show: a stack trace or where the code lives.
 LEAK_MARKERS = ("Traceback", 'File "', ".py", "/work", "site-packages")

@@ -417,7 +417,7 @@ def _redirect_requests(
     )
 
 
-@settings(FUZZ, max_examples=fuzz_examples(500))
+@settings(FUZZ, max_examples=fuzz_examples(800))
 @given(data=st.data())
 def test_no_redirect_fails_open_leaks_or_writes(routes: Routes, data: st.DataObject):
     event = data.draw(
@@ -460,7 +460,7 @@ def _start_requests() -> st.SearchStrategy[dict[str, Any]]:
     )
 
 
-@settings(FUZZ, max_examples=fuzz_examples(150))
+@settings(FUZZ, max_examples=fuzz_examples(250))
 @given(event=_start_requests())
 def test_a_start_request_issues_one_state_or_nothing(routes: Routes, event: dict[str, Any]):
     response = routes.call(event)
@@ -642,7 +642,7 @@ def _genuine_redelivery(event: dict[str, Any]) -> bool:
     return False
 
 
-@settings(FUZZ, max_examples=fuzz_examples(500))
+@settings(FUZZ, max_examples=fuzz_examples(800))
 @given(data=st.data())
 def test_no_notification_is_taken_unless_alipay_signed_it(routes: Routes, data: st.DataObject):
     event = data.draw(_notify_requests(routes.service.aws.app_id))
@@ -693,7 +693,7 @@ def _any_requests() -> st.SearchStrategy[dict[str, Any]]:
     )
 
 
-@settings(FUZZ, max_examples=fuzz_examples(300))
+@settings(FUZZ, max_examples=fuzz_examples(500))
 @given(event=_any_requests())
 def test_any_method_path_or_body_is_refused_cleanly(routes: Routes, event: dict[str, Any]):
     method = event["requestContext"]["http"]["method"]
@@ -815,7 +815,7 @@ def _query_payloads(ids: tuple[str, ...], users: tuple[str, ...]) -> st.SearchSt
 _ERROR_CODES = {"not_found", "revoked", "needs_reauth", "method_not_authorized", "bad_request"}
 
 
-@settings(FUZZ, max_examples=fuzz_examples(400))
+@settings(FUZZ, max_examples=fuzz_examples(650))
 @given(data=st.data())
 def test_every_token_query_payload_gets_an_answer_and_a_refusal_writes_nothing(
     query: Query, data: st.DataObject
