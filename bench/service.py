@@ -35,7 +35,7 @@ from appauth.alipay.models import TokenGrant
 from appauth.envelope import TokenCipher
 from appauth.policy import RefreshPolicy, due_shard
 from appauth.runtime import runtime
-from appauth.store import AUTH_SK, _sealed_to_item, app_pk, epoch_ms, pair_fingerprint
+from appauth.store import AUTH_SK, app_pk, epoch_ms, pair_fingerprint, sealed_to_item
 from appauth_dev.load import grant_merchants
 from appauth_dev.local_cmd import FrontedService, fronted_service
 from appauth_dev.local_service import (
@@ -263,7 +263,7 @@ class BenchService:
         template = self._item_template(grants[0], grants[1])
         settings = runtime().settings
         cipher = TokenCipher(_InProcessKms(), settings.token_key_id)  # type: ignore[arg-type]
-        policy = runtime().store._policy  # the same policy the store schedules by
+        policy = runtime().store.policy  # the same policy the store schedules by
         now = datetime.now(UTC)
         past = _epoch_seconds(now - timedelta(minutes=1))
         items = [
@@ -400,7 +400,7 @@ def _merchant_item(
         "pk": {"S": app_pk(grant.auth_app_id)},
         "auth_app_id": {"S": grant.auth_app_id},
         "user_id": {"S": grant.user_id or ""},
-        "tokens": {"M": _sealed_to_item(sealed)},
+        "tokens": {"M": sealed_to_item(sealed)},
         "pair_fingerprint": {"S": pair_fingerprint(grant)},
         "due_shard": {"S": due_shard(grant.auth_app_id)},
         "next_refresh_at": {"N": due or _epoch_seconds(_next_refresh(policy, grant))},

@@ -234,6 +234,11 @@ class TokenStore:
         self._events: EventSink = events or DiscardEvents()
 
     @property
+    def policy(self) -> RefreshPolicy:
+        """When this store schedules refreshes and verifications."""
+        return self._policy
+
+    @property
     def cipher(self) -> TokenCipher:
         return self._cipher
 
@@ -357,7 +362,7 @@ class TokenStore:
         stored = lease.stored
         update = self._pair_update(grant, sealed, now, version=lease.version, source="refresh")
         if stored.sealed is not None:
-            update = _with_set(update, "previous_tokens", {"M": _sealed_to_item(stored.sealed)})
+            update = _with_set(update, "previous_tokens", {"M": sealed_to_item(stored.sealed)})
             if stored.token_issued_at is not None:
                 update = _with_set(
                     update, "previous_issued_at", {"N": epoch_ms(stored.token_issued_at)}
@@ -412,7 +417,7 @@ class TokenStore:
             ":granted": {"S": STATUS_GRANTED},
             ":version": {"N": str(version + 1)},
             ":now": {"S": _iso(now)},
-            ":tokens": {"M": _sealed_to_item(sealed)},
+            ":tokens": {"M": sealed_to_item(sealed)},
             ":app": {"S": grant.auth_app_id},
             ":next": {"N": _epoch(next_refresh)},
             ":shard": {"S": due_shard(grant.auth_app_id)},
@@ -1045,7 +1050,8 @@ def _decode_cursor(cursor: str, statuses: list[str]) -> tuple[str, str]:
     return status, auth_app_id
 
 
-def _sealed_to_item(sealed: SealedTokens) -> AttributeMap:
+def sealed_to_item(sealed: SealedTokens) -> AttributeMap:
+    """A sealed pair as the item's map attribute (``tokens``, ``previous_tokens``)."""
     return {
         "key_id": {"S": sealed.key_id},
         "wrapped_key": {"B": sealed.wrapped_key},
