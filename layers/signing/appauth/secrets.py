@@ -83,7 +83,7 @@ def _get(
 
 def load_credentials(settings: Settings, provider: SSMProvider) -> AppCredentials:
     """The app's signing material for the configured mode; ConfigError names a bad parameter."""
-    # Deferred: parsing keys needs cryptography.x509, which a token look-up never does.
+    # Deferred: the signing material (keys, cryptography) is never needed by a token look-up.
     from appauth.alipay.credentials import AppCredentials  # noqa: PLC0415
 
     names = CERT_MODE_PARAMETERS if settings.signing_mode == "cert" else KEY_MODE_PARAMETERS

@@ -58,10 +58,16 @@ class BodyFilter(logging.Filter):
         return True
 
 
+# The filter each library logger needs.
+LOG_FILTERS: dict[str, type[logging.Filter]] = {
+    **dict.fromkeys(BODY_MESSAGES, BodyFilter),
+    "urllib3.connectionpool": SecretQueryFilter,
+}
+
+
 def install_log_filters() -> None:
     """Once per process (idempotent): the filters above on the loggers that need them."""
-    for name in (*BODY_MESSAGES, "urllib3.connectionpool"):
+    for name, wanted in LOG_FILTERS.items():
         logger = logging.getLogger(name)
-        wanted = SecretQueryFilter if name.startswith("urllib3") else BodyFilter
         if not any(isinstance(existing, wanted) for existing in logger.filters):
             logger.addFilter(wanted())
